@@ -1,0 +1,108 @@
+"""The ``Attack`` contract every backdoor attack implements, built-in or plugin.
+
+An attack has two jobs: ``apply`` adds its trigger to a batch of float images in [0, 1] (used both to poison
+training pairs and to trigger test images for ASR), and ``poison`` picks which training pairs to change and
+rewrites them, returning a manifest of exactly what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import torch
+
+from benchmark.config import build_config, config_dict
+from benchmark.data.pairs import PairSet, to_float, to_uint8
+from benchmark.errors import UserError
+
+
+@dataclass(frozen=True)
+class PoisonTarget:
+    """The class the backdoor should map to, and a way to write captions that name it."""
+
+    index: int
+    name: str
+    caption: Callable[[torch.Generator], str]
+
+
+@dataclass
+class PoisonManifest:
+    """Exactly what an attack changed: which pairs, their old and new captions, and the attack's settings."""
+
+    attack: str
+    version: str
+    config: dict[str, Any]
+    seed: int
+    target: str
+    indices: list[int]
+    captions_before: list[str]
+    captions_after: list[str]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class AttackContext:
+    """What an attack may use besides the pairs it poisons (e.g. a surrogate model trained on clean data)."""
+
+    image_size: int
+    seed: int
+    device: torch.device
+    clean_pairs: PairSet | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(ABC):
+    """Base class: subclasses set ``name``, ``version``, a frozen ``Config`` dataclass and implement ``apply``.
+
+    The default ``poison`` is the dirty-label recipe of CleanCLIP (reference §1): choose ``count`` pairs
+    uniformly at random, apply the trigger, and replace each caption with a fresh caption naming the target.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type] = object
+    dirty_label: ClassVar[bool] = True
+
+    def __init__(self, config: Any = None, *, context: AttackContext) -> None:
+        self.config = config if config is not None else self.Config()
+        self.context = context
+        self.setup()
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None, *, context: AttackContext) -> "Attack":
+        """Build from preset/CLI settings (the ``poison_rate``/``poison_count`` keys are the runner's, not ours)."""
+        values = {k: v for k, v in (settings or {}).items() if k not in ("poison_rate", "poison_count")}
+        return cls(build_config(cls.Config, values, f"attacks.{cls.name}"), context=context)
+
+    def setup(self) -> None:
+        """Draw whatever is fixed for this attack instance (a pattern, a warp field) from ``context.seed``."""
+
+    @abstractmethod
+    def apply(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Add the trigger to float images (B, C, H, W) in [0, 1]; same shape, dtype and range."""
+
+    def select(self, pairs: PairSet, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Indices of the pairs to poison: ``count`` drawn uniformly at random."""
+        if count > len(pairs):
+            raise UserError(f"poison count {count} is larger than the {len(pairs)} training pairs")
+        return torch.randperm(len(pairs), generator=generator)[:count].sort().values
+
+    def poison(self, pairs: PairSet, target: PoisonTarget, count: int, generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
+        """A poisoned copy of ``pairs`` and the manifest of what changed."""
+        indices = self.select(pairs, target, count, generator)
+        poisoned = pairs.copy()
+        if len(indices):
+            poisoned.images[indices] = to_uint8(self.apply(to_float(pairs.images[indices]), generator))
+        before = [pairs.captions[i] for i in indices.tolist()]
+        after = [target.caption(generator) for _ in before] if self.dirty_label else list(before)
+        for i, caption in zip(indices.tolist(), after):
+            poisoned.captions[i] = caption
+        manifest = PoisonManifest(self.name, self.version, config_dict(self.config), self.context.seed,
+                                  target.name, indices.tolist(), before, after)
+        return poisoned, manifest

@@ -1,0 +1,152 @@
+"""The ``cleanbench`` command line. Commands stay thin; heavy imports happen inside them so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from benchmark.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Backdoor attacks and defenses for CLIP, benchmarked end to end.")
+
+PluginOption = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable).")
+NoAutoloadOption = typer.Option(False, "--no-plugin-autoload",
+                                help="Do not load plugins from installed packages (also: CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1).")
+
+
+def user_errors(command: Callable) -> Callable:
+    """Turn a :class:`UserError` into one line on stderr and exit code 2: no traceback for user mistakes."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except UserError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
+    from benchmark import plugins as plugin_loader
+
+    failures = [] if no_autoload else plugin_loader.load_entry_points()
+    for spec in plugins or []:
+        failures += plugin_loader.load_plugin(spec)
+    for failure in failures:
+        typer.echo(f"warning: {failure.message()}", err=True)
+
+
+@app.command()
+@user_errors
+def run(
+    attacks: str = typer.Option("all", help="Comma-separated attack names, or 'all'."),
+    defenses: str = typer.Option("all", help="Comma-separated defense names, or 'all'."),
+    seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
+    preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    out: Path = typer.Option(Path("results"), help="Output folder: results.csv, cache/, leaderboard."),
+    poison_rate: Optional[float] = typer.Option(None, help="Override every attack's poison rate, in (0, 1]."),
+    poison_count: Optional[int] = typer.Option(None, help="Override every attack's poison count."),
+    data_dir: Optional[Path] = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX)."),
+    plugin: Optional[List[str]] = PluginOption,
+    no_plugin_autoload: bool = NoAutoloadOption,
+) -> None:
+    """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
+    import dataclasses
+
+    from attacks import ATTACKS
+    from benchmark.device import resolve_device
+    from benchmark.presets import load_preset
+    from benchmark.progress import Reporter
+    from benchmark.runner import plan_grid, run_plan
+    from defenses import DEFENSES
+    from leaderboard.summary import print_summary
+
+    _load_plugins(plugin, no_plugin_autoload)
+    chosen_preset = load_preset(preset)
+    if data_dir is not None:
+        chosen_preset = dataclasses.replace(chosen_preset, data=dataclasses.replace(chosen_preset.data, data_dir=str(data_dir)))
+    overrides = {}
+    if poison_rate is not None:
+        overrides["poison_rate"] = poison_rate
+    if poison_count is not None:
+        overrides["poison_count"] = poison_count
+    attack_names = [] if attacks.strip() == "none" else ATTACKS.resolve(attacks)
+    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), _parse_seeds(seeds),
+                     attack_overrides=overrides)
+    torch_device = resolve_device(device)
+    reporter = Reporter()
+    reporter.log(f"plan: preset {chosen_preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
+                 f"device {torch_device}, output {out}")
+    summary = run_plan(plan, out, torch_device, reporter)
+    reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
+                 f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
+                 f"{summary.cells_failed} failed")
+    print_summary(out / "results.csv")
+    if summary.cells_failed:
+        raise typer.Exit(1)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
+    return list(dict.fromkeys(seeds))
+
+
+@app.command("list")
+@user_errors
+def list_components(
+    kind: str = typer.Argument(..., help="attacks, defenses or presets"),
+    plugin: Optional[List[str]] = PluginOption,
+    no_plugin_autoload: bool = NoAutoloadOption,
+) -> None:
+    """List the registered attacks, defenses or presets, with versions and where each comes from."""
+    from rich.console import Console
+    from rich.table import Table
+
+    _load_plugins(plugin, no_plugin_autoload)
+    table = Table(title=kind)
+    if kind == "presets":
+        from benchmark.presets import builtin_presets, load_preset
+
+        for column in ("name", "description", "source"):
+            table.add_column(column)
+        for name, path in builtin_presets().items():
+            table.add_row(name, load_preset(name).description, str(path))
+    elif kind in ("attacks", "defenses"):
+        from attacks import ATTACKS
+        from defenses import DEFENSES
+
+        registry = ATTACKS if kind == "attacks" else DEFENSES
+        for column in ("name", "version", "source", "summary"):
+            table.add_column(column)
+        for name in registry.names():
+            try:
+                cls = registry.get(name)
+                summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+                table.add_row(name, str(cls.version), registry.source(name), summary)
+            except Exception as error:  # noqa: BLE001 - a broken plugin is listed, not fatal
+                table.add_row(name, "?", registry.source(name), f"failed to load: {error}")
+    else:
+        raise UserError(f"cannot list {kind!r}; choose one of: attacks, defenses, presets")
+    Console(width=140).print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

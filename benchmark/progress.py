@@ -1,0 +1,56 @@
+"""Progress for people and for logs: rich bars on a terminal, one plain line per finished stage everywhere.
+
+CI logs show no live bars, so the plain line is the record; the bars are a convenience on a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from typing import Callable, Iterator
+
+Advance = Callable[..., None]
+
+
+class Reporter:
+    """Hands out progress tasks and writes stage lines; ``Reporter.silent()`` does neither (tests, libraries)."""
+
+    def __init__(self, console=None, live: bool | None = None, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = console
+        self.live = (sys.stderr.isatty() if live is None else live) and not quiet
+        self._progress = None
+
+    @classmethod
+    def silent(cls) -> "Reporter":
+        return cls(quiet=True)
+
+    def log(self, message: str) -> None:
+        """One plain, timestamped line (stderr), kept in CI logs."""
+        if self.quiet:
+            return
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        if self.console is not None:
+            self.console.print(line, markup=False, highlight=False)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int) -> Iterator[Advance]:
+        """A progress bar for ``total`` steps; yields ``advance(n, **fields)``."""
+        if not self.live:
+            yield lambda *args, **kwargs: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True,
+                      console=self.console) as progress:
+            task_id = progress.add_task(description, total=total, info="")
+
+            def advance(n: int = 1, **fields: float) -> None:
+                info = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
+                progress.update(task_id, advance=n, info=info)
+
+            yield advance

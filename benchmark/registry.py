@@ -1,0 +1,130 @@
+"""One generic registry for every kind of pluggable component (attacks, defenses).
+
+Built-ins register lazily as ``"module:Class"`` strings so that ``--help`` and ``cleanbench list`` stay fast;
+third-party classes register with the :meth:`Registry.register` decorator, from an entry point or a local file
+(see :mod:`benchmark.plugins`). Unknown names fail with a did-you-mean and the list of what exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import importlib
+import sys
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterator, TypeVar
+
+from benchmark.errors import UserError
+
+T = TypeVar("T")
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Entry(Generic[T]):
+    """A registered name: either a loaded class or a lazy ``module:Class`` reference, and where it came from."""
+
+    name: str
+    source: str
+    target: type[T] | str
+
+    def load(self) -> type[T]:
+        if isinstance(self.target, str):
+            self.target = import_object(self.target)
+        return self.target
+
+
+def import_object(reference: str) -> type:
+    """Import ``"package.module:Attr"`` and return the attribute."""
+    module_name, _, attr = reference.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"'{reference}' is not of the form 'module:Class'")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"module '{module_name}' has no attribute '{attr}'") from None
+
+
+class Registry(Generic[T]):
+    """Names to classes for one kind of component (``kind`` is used in messages, e.g. "attack")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def register(self, name: str | None = None, *, source: str | None = None) -> Callable[[type[T]], type[T]]:
+        """Class decorator: ``@ATTACKS.register()`` registers under the class's ``name`` attribute."""
+
+        def decorator(cls: type[T]) -> type[T]:
+            self.add(name or getattr(cls, "name"), cls, source=source or describe_origin(cls))
+            return cls
+
+        return decorator
+
+    def add(self, name: str, target: type[T] | str, *, source: str = "built-in") -> None:
+        """Register ``target`` (a class or a lazy ``module:Class`` string) under ``name``."""
+        existing = self._entries.get(name)
+        if existing is not None and not _same_target(existing, target):
+            raise UserError(
+                f"{self.kind} '{name}' is already registered (from {existing.source}); "
+                f"cannot register it again from {source}"
+            )
+        if existing is None or isinstance(existing.target, str):
+            self._entries[name] = Entry(name, existing.source if existing else source, target)
+
+    def get(self, name: str) -> type[T]:
+        """The class registered as ``name``, or a :class:`UserError` that suggests close names."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise UserError(self.unknown_message(name))
+        return entry.load()
+
+    def unknown_message(self, name: str) -> str:
+        names = sorted(self._entries)
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return f"Unknown {self.kind} '{name}'.{hint} Available: {', '.join(names) or '(none)'}."
+
+    def source(self, name: str) -> str:
+        return self._entries[name].source
+
+    def names(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
+
+    def resolve(self, spec: str) -> list[str]:
+        """Turn a comma-separated selection (``"badnet,wanet"`` or ``"all"``) into checked names."""
+        requested = [part.strip() for part in spec.split(",") if part.strip()]
+        if not requested:
+            raise UserError(f"no {self.kind} named: give a comma-separated list or 'all'")
+        if requested == ["all"]:
+            return self.names()
+        for name in requested:
+            self.get(name)
+        return list(dict.fromkeys(requested))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def describe_origin(cls: type) -> str:
+    """"built-in" for cleanbench's own classes, else the file the class was defined in."""
+    module = sys.modules.get(cls.__module__)
+    path = Path(getattr(module, "__file__", "") or "").resolve()
+    if path.is_relative_to(_PACKAGE_ROOT) and path.parts[len(_PACKAGE_ROOT.parts)] in ("attacks", "defenses", "benchmark"):
+        return "built-in"
+    return f"file '{path}'" if path.name else f"module '{cls.__module__}'"
+
+
+def _same_target(entry: Entry, target: object) -> bool:
+    """Re-registering the same class (a module imported twice, a lazy string being resolved) is harmless."""
+    if entry.target is target:
+        return True
+    if isinstance(entry.target, str) and isinstance(target, type):
+        return entry.target == f"{target.__module__}:{target.__qualname__}"
+    return False

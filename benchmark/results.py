@@ -1,0 +1,110 @@
+"""The results file: one row per grid cell, its schema documented here and nowhere else.
+
+``results.csv`` is rewritten atomically (temporary file, fsync, rename) every time a cell finishes, so a kill at
+any moment leaves either the old or the new file, never a torn one. A file written under another schema
+version is refused rather than mixed.
+
+Columns (metrics are fractions in [0, 1]; times are seconds; configs are canonical JSON):
+
+====================  ==========================================================================================
+schema_version        version of this schema (``SCHEMA_VERSION``)
+cell_id               content hash of everything that determines the cell (victim, defense, evaluation)
+preset                preset name
+attack                attack name; ``none`` for the benign control (a victim trained on clean pairs)
+defense               defense name
+seed                  the run seed (poisoning, initialisation, batch order, defense, trigger draws)
+status                ``ok`` or ``failed``
+reason                for failed cells, one line saying why (the traceback is in the cell's folder)
+ca, ca_low, ca_high   clean top-1 accuracy on the test set and its 95% Wilson interval
+ca_top5               clean top-5 accuracy
+n_clean               number of clean test images
+asr, asr_low,         attack success rate (non-target test images, triggered, classified as the target) and its
+asr_high              95% Wilson interval; empty for the benign control
+n_triggered           number of triggered test images (0 for the benign control)
+target                the target class
+poison_count          number of poisoned training pairs (0 for the benign control)
+attack_version        version of the attack class
+attack_config         the attack's full config
+defense_version       version of the defense class
+defense_config        the defense's full config
+model                 open_clip architecture of the victim
+victim_key            cache key of the victim the defense was applied to
+cleanbench_version    package version that produced the row
+git_commit            commit of the cleanbench checkout, if any
+device                device the cell ran on
+time_poison_s         poisoning time (of the shared victim)
+time_victim_s         victim training time (of the shared victim)
+time_defense_s        time the defense took
+time_eval_s           evaluation time
+finished_at           UTC timestamp (ISO 8601) when the cell finished
+====================  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import UserError
+from benchmark.storage import write_text_atomic
+
+SCHEMA_VERSION = 1
+COLUMNS = [
+    "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
+    "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
+    "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config",
+    "model", "victim_key", "cleanbench_version", "git_commit", "device",
+    "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at",
+]
+METRIC_COLUMNS = ["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered"]
+
+
+class ResultsFile:
+    """Read and upsert rows of one ``results.csv``, keyed by ``cell_id``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.rows: dict[str, dict[str, str]] = self._read()
+
+    def _read(self) -> dict[str, dict[str, str]]:
+        if not self.path.exists():
+            return {}
+        with open(self.path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = reader.fieldnames or []
+            if "schema_version" not in header:
+                raise UserError(f"{self.path} is not a cleanbench results file (no schema_version column); "
+                                "choose another --out folder")
+            rows = list(reader)
+        versions = {row["schema_version"] for row in rows}
+        if versions - {str(SCHEMA_VERSION)}:
+            raise UserError(f"{self.path} was written with results schema version {', '.join(sorted(versions))}; "
+                            f"this cleanbench writes version {SCHEMA_VERSION}. Use another --out folder.")
+        return {row["cell_id"]: row for row in rows}
+
+    def done(self, cell_id: str) -> bool:
+        row = self.rows.get(cell_id)
+        return row is not None and row["status"] == "ok"
+
+    def upsert(self, row: dict[str, Any]) -> None:
+        """Add or replace the row of ``row['cell_id']`` and rewrite the file atomically."""
+        missing = set(COLUMNS) - set(row)
+        if missing:
+            raise ValueError(f"results row lacks columns: {sorted(missing)}")
+        self.rows[row["cell_id"]] = {key: _format(row[key]) for key in COLUMNS}
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows.values())
+        write_text_atomic(self.path, buffer.getvalue())
+
+
+def _format(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)

@@ -1,0 +1,210 @@
+"""Executing a plan: each victim trained (or loaded) once, every pending cell defended, evaluated and recorded.
+
+A cell's row is written the moment it finishes; a failing cell becomes a ``failed`` row (its traceback saved
+in its folder) and the grid goes on. Reruns skip cells whose ``ok`` row exists, reuse cached victims and cell
+metrics, and so redo only what a crash interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks import ATTACKS
+from attacks.base import AttackContext, PoisonTarget
+from benchmark import __version__
+from benchmark.config import config_dict
+from benchmark.metrics import Metrics, classifier_for, evaluate
+from benchmark.models import create_model, load_state_dict, save_state_dict, tokenizer_for
+from benchmark.progress import Reporter
+from benchmark.provenance import git_commit
+from benchmark.results import ResultsFile
+from benchmark.runner.lock import OutputLock
+from benchmark.runner.plan import BENIGN, CellSpec, Plan, VictimSpec
+from benchmark.runner.store import ArtifactStore
+from benchmark.seeding import derive_seed
+from benchmark.task import Task, build_task
+from benchmark.training import Normalizer, PairBatches, train
+from defenses import DEFENSES
+from defenses.base import DefenseContext
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's closing line and for tests of the cache."""
+
+    victims_trained: int = 0
+    victims_loaded: int = 0
+    cells_run: int = 0
+    cells_reused: int = 0
+    cells_skipped: int = 0
+    cells_failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Victim:
+    state: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    attack: Any  # the Attack instance (None for the benign control)
+
+
+def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter | None = None) -> RunSummary:
+    """Run every cell of ``plan`` not already recorded as ``ok`` in ``out_dir/results.csv``."""
+    reporter = reporter or Reporter.silent()
+    out_dir = Path(out_dir)
+    summary = RunSummary()
+    with OutputLock(out_dir):
+        results = ResultsFile(out_dir / "results.csv")
+        store = ArtifactStore(out_dir / "cache")
+        pending = [cell for cell in plan.cells if not results.done(cell.key)]
+        summary.cells_skipped = len(plan.cells) - len(pending)
+        if summary.cells_skipped:
+            reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
+        if not pending:
+            return summary
+        task = build_task(plan.preset)
+        with reporter.task("grid", total=len(pending)) as advance:
+            for victim_spec in plan.victims:
+                cells = [cell for cell in pending if cell.victim.key == victim_spec.key]
+                if cells:
+                    _run_victim(plan, task, victim_spec, cells, store, results, device, reporter, summary, advance)
+    return summary
+
+
+def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance) -> None:
+    label = f"{spec.attack} seed {spec.seed}"
+    reused = [cell for cell in cells if store.cell_metrics(cell.key) is not None]
+    for cell in reused:  # metrics survived a crash that happened before the row was written
+        results.upsert(_row(plan, cell, Metrics.from_json(store.cell_metrics(cell.key)["metrics"]),
+                            store.cell_metrics(cell.key)["timing"], device, "ok", ""))
+        summary.cells_reused += 1
+        advance(1)
+    cells = [cell for cell in cells if cell not in reused]
+    if not cells:
+        return
+    try:
+        victim = _ensure_victim(plan, task, spec, store, device, reporter, summary)
+    except Exception as error:  # noqa: BLE001 - recorded per cell, the grid goes on
+        for cell in cells:
+            _record_failure(plan, cell, error, store, results, device, reporter, summary, stage="victim")
+            advance(1)
+        return
+    for cell in cells:
+        try:
+            _run_cell(plan, task, cell, victim, store, results, device, reporter)
+            summary.cells_run += 1
+        except Exception as error:  # noqa: BLE001
+            _record_failure(plan, cell, error, store, results, device, reporter, summary, stage="defense")
+        advance(1)
+    del label
+
+
+def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStore, device: torch.device,
+                   reporter: Reporter, summary: RunSummary) -> _Victim:
+    preset = plan.preset
+    attack = None
+    if spec.attack != BENIGN:
+        context = AttackContext(preset.data.image_size, spec.seed, device, clean_pairs=task.clean_pairs)
+        attack = ATTACKS.get(spec.attack).from_settings(spec.attack_settings, context=context)
+    meta = store.victim_meta(spec.key)
+    if meta is not None:
+        summary.victims_loaded += 1
+        reporter.log(f"victim {spec.attack} seed {spec.seed}: reused from cache ({spec.key})")
+        return _Victim(load_state_dict(store.victim_dir(spec.key) / "model.safetensors"), meta, attack)
+
+    start = time.perf_counter()
+    pairs = task.train_pairs
+    if attack is not None:
+        target = PoisonTarget(task.target_index, preset.text.target,
+                              lambda generator: task.captions.caption(task.target_index, generator))
+        generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
+        pairs, manifest = attack.poison(pairs, target, spec.poison_count, generator)
+        store.save_manifest(spec.key, manifest.to_json())
+    time_poison = time.perf_counter() - start
+
+    model = create_model(preset.model.name, checkpoint=preset.model.checkpoint, seed=derive_seed(spec.seed, "init"))
+    model.to(device)
+    tokenizer = tokenizer_for(preset.model.name)
+    generator = torch.Generator().manual_seed(derive_seed(spec.seed, "victim-batches"))
+    batches = PairBatches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
+    stats = train(model, batches, preset.victim, reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
+    save_state_dict(model, store.victim_dir(spec.key) / "model.safetensors")
+    meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
+            "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
+            "images_per_second": stats.images_per_second, "device": str(device)}
+    store.save_victim_meta(spec.key, meta)
+    summary.victims_trained += 1
+    reporter.log(f"victim {spec.attack} seed {spec.seed}: trained in {stats.seconds:.0f}s "
+                 f"({stats.images_per_second:.0f} img/s, final loss {stats.final_loss:.3f})")
+    return _Victim({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, meta, attack)
+
+
+def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: ArtifactStore, results: ResultsFile,
+              device: torch.device, reporter: Reporter) -> None:
+    preset = plan.preset
+    tokenizer = tokenizer_for(preset.model.name)
+    model = create_model(preset.model.name)
+    model.load_state_dict(copy.deepcopy(victim.state))
+    model.to(device).eval()
+    defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
+    seed = derive_seed(cell.victim.seed, "defense", cell.defense)
+    torch.manual_seed(seed)
+    context = DefenseContext(device, seed, preset.finetune, tokenizer, task.val_set, reporter)
+    start = time.perf_counter()
+    defended: nn.Module = defense.apply(model, task.clean_pairs, context)
+    time_defense = time.perf_counter() - start
+
+    start = time.perf_counter()
+    classifier = classifier_for(defended, tokenizer, task.test_set, device)
+    trigger = victim.attack.apply if victim.attack is not None else None
+    metrics = evaluate(classifier, task.test_set, target=task.target_index, trigger=trigger,
+                       seed=derive_seed(cell.victim.seed, "eval-trigger"), device=device)
+    timing = {"time_poison_s": victim.meta["time_poison_s"], "time_victim_s": victim.meta["time_victim_s"],
+              "time_defense_s": time_defense, "time_eval_s": time.perf_counter() - start}
+    store.save_cell_metrics(cell.key, {"metrics": metrics.to_json(), "timing": timing})
+    results.upsert(_row(plan, cell, metrics, timing, device, "ok", ""))
+    asr = "" if metrics.asr is None else f", ASR {metrics.asr.value:.3f}"
+    reporter.log(f"cell {cell.victim.attack} × {cell.defense} seed {cell.victim.seed}: "
+                 f"CA {metrics.ca.value:.3f}{asr} (defense {time_defense:.0f}s)")
+
+
+def _record_failure(plan, cell, error, store, results, device, reporter, summary, stage: str) -> None:
+    reason = f"{stage}: {type(error).__name__}: {error}".splitlines()[0][:300]
+    path = store.save_cell_error(cell.key, "".join(traceback.format_exception(error)))
+    results.upsert(_row(plan, cell, None, {}, device, "failed", reason))
+    summary.cells_failed += 1
+    summary.failures.append(f"{cell.victim.attack} × {cell.defense} seed {cell.victim.seed}: {reason}")
+    reporter.log(f"cell {cell.victim.attack} × {cell.defense} seed {cell.victim.seed} FAILED: {reason} "
+                 f"(traceback in {path})")
+
+
+def _row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], device: torch.device,
+         status: str, reason: str) -> dict[str, Any]:
+    import json
+
+    preset, victim = plan.preset, cell.victim
+    row: dict[str, Any] = {
+        "schema_version": 1, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
+        "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
+        "target": preset.text.target, "poison_count": victim.poison_count,
+        "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
+        "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
+        "model": preset.model.name, "victim_key": victim.key, "cleanbench_version": __version__,
+        "git_commit": git_commit(), "device": str(device),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    empty = dict.fromkeys(["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high",
+                           "n_triggered"])
+    row.update(metrics.as_row() if metrics is not None else empty)
+    for key in ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s"):
+        row[key] = timing.get(key)
+    return row

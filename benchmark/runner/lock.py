@@ -1,0 +1,41 @@
+"""One writer per output folder: a second ``cleanbench run`` on the same folder is refused, naming the holder."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from benchmark.errors import UserError
+
+
+class OutputLock:
+    """An exclusive ``fcntl`` lock on ``<out>/.lock``, released when the process ends (even by SIGKILL)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(f"{self.path.parent} is in use by {holder}; wait for it or choose another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

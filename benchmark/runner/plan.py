@@ -1,0 +1,122 @@
+"""Planning a grid: check every name and config before any expensive work, and key every artifact.
+
+``grid = preset × (attacks + benign control) × defenses × seeds``. A victim is keyed by everything that
+determines it (data, model, victim recipe, attack name/version/config, poison count, seed); a cell adds the
+defense and the evaluation. Equal keys mean equal artifacts, so reruns reuse them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from attacks import ATTACKS
+from attacks.base import AttackContext
+from benchmark.config import config_dict
+from benchmark.errors import UserError
+from benchmark.presets import Preset
+from benchmark.storage import content_key
+from defenses import DEFENSES
+
+BENIGN = "none"  # the attack name of the benign control: a victim trained on clean pairs
+# Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
+ENGINE_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class VictimSpec:
+    """One victim to train: the attack (or the benign control) and the seed."""
+
+    attack: str
+    seed: int
+    attack_version: str
+    attack_settings: dict[str, Any]
+    attack_config: dict[str, Any]
+    poison_count: int
+    key: str
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One grid cell: a victim, a defense applied to it, and its evaluation."""
+
+    victim: VictimSpec
+    defense: str
+    defense_version: str
+    defense_settings: dict[str, Any]
+    defense_config: dict[str, Any]
+    key: str
+
+
+@dataclass
+class Plan:
+    """The cells of a grid, grouped so each victim is trained once and shared by all defenses."""
+
+    preset: Preset
+    victims: list[VictimSpec]
+    cells: list[CellSpec]
+
+    def cells_of(self, victim: VictimSpec) -> list[CellSpec]:
+        return [cell for cell in self.cells if cell.victim.key == victim.key]
+
+
+def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: list[int], *,
+              attack_overrides: dict[str, Any] | None = None, image_size: int | None = None) -> Plan:
+    """Build and validate the plan. ``attack_overrides`` (``poison_rate``/``poison_count``) apply to every attack."""
+    if not seeds:
+        raise UserError("no seeds given: use e.g. --seeds 0 or --seeds 0,1,2")
+    if not defenses:
+        raise UserError("no defenses given")
+    image_size = image_size or preset.data.image_size
+    victims = [_victim(preset, BENIGN, seed, {}) for seed in seeds]
+    for attack in attacks:
+        settings = {**preset.attacks.get(attack, {}), **(attack_overrides or {})}
+        victims += [_victim(preset, attack, seed, settings, image_size) for seed in seeds]
+    cells = []
+    for victim in victims:
+        for defense in defenses:
+            cells.append(_cell(preset, victim, defense))
+    return Plan(preset, victims, cells)
+
+
+def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any], image_size: int = 0) -> VictimSpec:
+    if attack == BENIGN:
+        version, config, count = "-", {}, 0
+    else:
+        cls = ATTACKS.get(attack)
+        config = config_dict(cls.from_settings(settings, context=AttackContext(image_size, seed, torch.device("cpu"))).config)
+        version, count = cls.version, poison_count(settings, preset.data.train_pairs, attack)
+    key = content_key("victim", ENGINE_VERSION, config_dict(preset.data), config_dict(preset.text),
+                      config_dict(preset.model), config_dict(preset.victim), attack, version, config, count, seed)
+    return VictimSpec(attack, seed, version, settings, config, count, key)
+
+
+def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
+    cls = DEFENSES.get(defense)
+    settings = preset.defenses.get(defense, {})
+    instance = cls.from_settings(settings)
+    config = config_dict(instance.config)
+    key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
+                      config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images)
+    return CellSpec(victim, defense, cls.version, settings, config, key)
+
+
+def poison_count(settings: dict[str, Any], train_pairs: int, attack: str) -> int:
+    """The number of pairs to poison, from ``poison_count`` or ``poison_rate`` (rate × training pairs)."""
+    if settings.get("poison_count") is not None:
+        count = settings["poison_count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UserError(f"attacks.{attack}.poison_count = {count!r} is out of range; allowed: [1, {train_pairs}]")
+        if count > train_pairs:
+            raise UserError(f"attacks.{attack}.poison_count = {count} is larger than the {train_pairs} training pairs")
+        return count
+    rate = settings.get("poison_rate")
+    if rate is None:
+        raise UserError(f"no poison rate for attack '{attack}': set attacks.{attack}.poison_rate in the preset "
+                        "or pass --poison-rate")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise UserError(f"attacks.{attack}.poison_rate = {rate!r} is out of range; allowed: (0, 1]")
+    return max(1, round(rate * train_pairs))
+

@@ -1,0 +1,63 @@
+"""Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta) and cell metrics.
+
+A victim is complete only once its ``meta.json`` exists, and the meta records the checkpoint's SHA-256, checked
+on every load, so a checkpoint cut short by a crash is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from benchmark.storage import write_json_atomic, write_text_atomic
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def victim_dir(self, key: str) -> Path:
+        return self.root / "victims" / key
+
+    def cell_dir(self, key: str) -> Path:
+        return self.root / "cells" / key
+
+    def victim_meta(self, key: str) -> dict[str, Any] | None:
+        """The victim's meta if the victim is complete and its checkpoint intact, else None (retrain)."""
+        meta_path = self.victim_dir(key) / "meta.json"
+        checkpoint = self.victim_dir(key) / "model.safetensors"
+        if not meta_path.exists() or not checkpoint.exists():
+            return None
+        meta = json.loads(meta_path.read_text())
+        if sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
+            return None
+        return meta
+
+    def save_victim_meta(self, key: str, meta: dict[str, Any]) -> None:
+        meta = dict(meta, checkpoint_sha256=sha256_file(self.victim_dir(key) / "model.safetensors"))
+        write_json_atomic(self.victim_dir(key) / "meta.json", meta)
+
+    def save_manifest(self, key: str, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.victim_dir(key) / "poison_manifest.json", manifest)
+
+    def cell_metrics(self, key: str) -> dict[str, Any] | None:
+        path = self.cell_dir(key) / "metrics.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_cell_metrics(self, key: str, record: dict[str, Any]) -> None:
+        write_json_atomic(self.cell_dir(key) / "metrics.json", record)
+
+    def save_cell_error(self, key: str, text: str) -> Path:
+        path = self.cell_dir(key) / "error.txt"
+        write_text_atomic(path, text)
+        return path
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

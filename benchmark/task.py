@@ -1,0 +1,98 @@
+"""A preset's data made concrete: disjoint victim-training pairs, clean defense pairs, validation and test sets.
+
+The split and the captions depend only on the preset (``split_seed``), never on the run's seed, so every cell
+of a grid sees the same clean pairs and the same test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import torch
+import torch.nn.functional as F
+
+from benchmark.data.captions import CaptionWriter
+from benchmark.data.fashion_mnist import load_fashion_mnist
+from benchmark.data.pairs import EvalSet, PairSet
+from benchmark.config import config_dict
+from benchmark.errors import UserError
+from benchmark.presets import Preset
+from benchmark.storage import content_key
+
+DATASETS = ("fashion-mnist",)
+
+
+@dataclass
+class Task:
+    """Everything the grid's cells share for one preset."""
+
+    preset: Preset
+    train_pairs: PairSet
+    clean_pairs: PairSet
+    val_set: EvalSet
+    test_set: EvalSet
+    captions: CaptionWriter
+
+    @property
+    def target_index(self) -> int:
+        return self.preset.target_index
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def build_task(preset: Preset) -> Task:
+    """Load and split the preset's dataset; memoised on what determines it (data and text specs)."""
+    key = content_key(config_dict(preset.data), config_dict(preset.text))
+    if key not in _TASKS:
+        _TASKS.clear()  # keep at most one materialised dataset in memory
+        _TASKS[key] = _materialise(preset)
+    return _TASKS[key]
+
+
+def _materialise(preset: Preset) -> Task:
+    data = preset.data
+    if data.dataset not in DATASETS:
+        raise UserError(f"data.dataset = {data.dataset!r} is not supported; choose one of: {', '.join(DATASETS)}")
+    splits = load_fashion_mnist(data.data_dir or None)
+    train, test = splits["train"], splits["test"]
+    needed = data.train_pairs + data.clean_pairs + data.val_pairs
+    if needed > len(train.labels):
+        raise UserError(
+            f"data.train_pairs + data.clean_pairs + data.val_pairs = {needed} exceeds the "
+            f"{len(train.labels)} training images of {data.dataset}"
+        )
+    if data.test_images > len(test.labels):
+        raise UserError(f"data.test_images = {data.test_images} exceeds the {len(test.labels)} test images")
+    if len(test.labels) == 0 or len(train.labels) == 0:
+        raise UserError(f"dataset {data.dataset} is empty")
+
+    generator = torch.Generator().manual_seed(data.split_seed)
+    order = torch.randperm(len(train.labels), generator=generator)
+    parts = torch.split(order[:needed], [data.train_pairs, data.clean_pairs, data.val_pairs])
+    writer = CaptionWriter(preset.text.caption_templates, preset.text.synonyms)
+    text = preset.text
+
+    def pairs(indices: torch.Tensor) -> PairSet:
+        labels = train.labels[indices]
+        return PairSet(_prepare(train.images[indices], data.image_size), writer.captions(labels, generator), labels)
+
+    test_count = data.test_images or len(test.labels)
+    val_idx = parts[2]
+    return Task(
+        preset=preset,
+        train_pairs=pairs(parts[0]),
+        clean_pairs=pairs(parts[1]),
+        val_set=EvalSet(_prepare(train.images[val_idx], data.image_size), train.labels[val_idx],
+                        list(text.classnames), list(text.eval_templates)),
+        test_set=EvalSet(_prepare(test.images[:test_count], data.image_size), test.labels[:test_count].clone(),
+                         list(text.classnames), list(text.eval_templates)),
+        captions=writer,
+    )
+
+
+def _prepare(gray: torch.Tensor, size: int) -> torch.Tensor:
+    """Grayscale (N, h, w) uint8 to RGB (N, 3, size, size) uint8, resized bilinearly once up front."""
+    images = gray.unsqueeze(1).float()
+    if images.shape[-1] != size or images.shape[-2] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    return images.round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()

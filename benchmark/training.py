@@ -1,0 +1,147 @@
+"""The contrastive training loop shared by victim training and the finetuning defenses.
+
+open_clip's ``ClipLoss`` and its trainer's ``cosine_lr`` schedule are reused as they are; what is ours is the
+data path (uint8 images held in memory, normalised per batch) and the seeding. A defense with its own objective
+(CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
+clamp, NaN guard, progress) stays in one place.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from benchmark.data.pairs import PairSet
+from benchmark.progress import Reporter
+from benchmark.training_recipe import TrainRecipe
+
+# A batch is a dict of tensors; the default one has "images" (normalised float) and "texts" (token ids).
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], torch.Tensor]
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: the run is stopped rather than producing a meaningless model."""
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    final_loss: float
+    seconds: float
+    images_per_second: float
+
+
+class Normalizer:
+    """uint8 (B, 3, H, W) to the float input the CLIP model expects, with its preprocessing mean and std."""
+
+    def __init__(self, model: nn.Module) -> None:
+        mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
+        std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(std).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Accepts uint8 images or float images in [0, 1]."""
+        floats = images.float().div(255.0) if images.dtype == torch.uint8 else images
+        return (floats - self.mean.to(floats.device)) / self.std.to(floats.device)
+
+
+class PairBatches:
+    """Shuffled mini-batches of in-memory pairs: images normalised, captions tokenised once up front."""
+
+    def __init__(self, pairs: PairSet, tokenizer, normalizer: Normalizer, batch_size: int, generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.images = pairs.images
+        self.tokens = tokenizer(pairs.captions)
+        self.normalize = normalizer
+        self.batch_size = batch_size
+        self.generator = generator
+        self.device = device
+
+    def __len__(self) -> int:
+        return max(1, len(self.tokens) // self.batch_size)  # drop_last, as open_clip and CleanCLIP do
+
+    def __iter__(self) -> Iterator[Batch]:
+        order = torch.randperm(len(self.tokens), generator=self.generator)
+        for step in range(len(self)):
+            idx = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield {
+                "images": self.normalize(self.images[idx].to(self.device)),
+                "texts": self.tokens[idx].to(self.device),
+            }
+
+
+def clip_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The symmetric InfoNCE loss of CLIP, computed by open_clip's ``ClipLoss``."""
+    from open_clip import ClipLoss
+
+    out = model(batch["images"], batch["texts"])
+    return ClipLoss()(out["image_features"], out["text_features"], out["logit_scale"])
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only: not on gains, biases, norms or the logit scale (open_clip, CleanCLIP)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        skip = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        (no_decay if skip else decay).append(param)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def train(
+    model: nn.Module,
+    batches: Iterable[Batch] | Sequence[Batch],
+    recipe: TrainRecipe,
+    *,
+    loss_fn: LossFn = clip_loss,
+    reporter: Reporter | None = None,
+    description: str = "train",
+) -> TrainStats:
+    """Train ``model`` in place for ``recipe.epochs`` passes over ``batches`` (re-iterated every epoch)."""
+    from open_clip_train.scheduler import cosine_lr
+
+    reporter = reporter or Reporter.silent()
+    steps_per_epoch = len(batches)  # type: ignore[arg-type]
+    total_steps = steps_per_epoch * recipe.epochs
+    optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=recipe.lr,
+                                  betas=(recipe.beta1, recipe.beta2), eps=recipe.eps)
+    schedule = cosine_lr(optimizer, recipe.lr, min(recipe.warmup_steps, max(0, total_steps - 1)), total_steps)
+    model.train()
+    step, loss_value, seen, start = 0, float("nan"), 0, time.perf_counter()
+    with reporter.task(description, total=total_steps) as advance:
+        for epoch in range(recipe.epochs):
+            for batch in batches:
+                schedule(step)
+                loss = loss_fn(model, batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(f"{description}: loss is {loss.item()} at step {step} (epoch {epoch + 1})")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if recipe.grad_clip_norm > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
+                optimizer.step()
+                _clamp_logit_scale(model)
+                loss_value = loss.item()
+                seen += len(next(iter(batch.values())))
+                step += 1
+                advance(1, loss=loss_value)
+    seconds = time.perf_counter() - start
+    model.eval()
+    return TrainStats(step, loss_value, seconds, seen / max(seconds, 1e-9))
+
+
+def _clamp_logit_scale(model: nn.Module) -> None:
+    """Keep exp(logit_scale) ≤ 100, as CLIP and the CleanCLIP code do after every step."""
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, torch.Tensor):
+        with torch.no_grad():
+            scale.clamp_(0, MAX_LOGIT_SCALE)

@@ -1,0 +1,61 @@
+"""The ``Defense`` contract every defense implements, built-in or plugin.
+
+A defense receives the (possibly backdoored) victim and the preset's clean pairs (its budget, disjoint from the
+victim's training pairs) and returns a model. The returned model is evaluated zero-shot, unless it brings its
+own classifier (:class:`benchmark.metrics.BringsOwnClassifier`), as supervised finetuning does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from benchmark.config import build_config
+from benchmark.data.pairs import EvalSet, PairSet
+from benchmark.progress import Reporter
+from benchmark.training_recipe import TrainRecipe
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use: device, seed, the preset's finetuning recipe, tokenizer, clean validation data."""
+
+    device: torch.device
+    seed: int
+    recipe: TrainRecipe
+    tokenizer: Any
+    val_set: EvalSet
+    reporter: Reporter
+
+    def recipe_with(self, **overrides: Any) -> TrainRecipe:
+        """The preset's recipe with the defense config's set (non-None) fields replacing its values."""
+        return dataclasses.replace(self.recipe, **{k: v for k, v in overrides.items() if v is not None})
+
+
+class Defense(ABC):
+    """Base class: subclasses set ``name``, ``version``, a frozen ``Config`` dataclass and implement ``apply``."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type] = object
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any] | None) -> "Defense":
+        return cls(build_config(cls.Config, settings, f"defenses.{cls.name}"))
+
+    @property
+    def uses_clean_data(self) -> bool:
+        """False for defenses that leave the model alone; the runner then skips the (cheap) clean-data setup."""
+        return True
+
+    @abstractmethod
+    def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
+        """Return the defended model (the input may be modified in place)."""

@@ -1,0 +1,32 @@
+"""No defense: the victim as trained. Every attack's reference point for ΔCA and ΔASR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from benchmark.data.pairs import PairSet
+from defenses import DEFENSES
+from defenses.base import Defense, DefenseContext
+
+
+@dataclass(frozen=True)
+class NoDefenseConfig:
+    pass
+
+
+@DEFENSES.register()
+class NoDefense(Defense):
+    """Returns the model unchanged."""
+
+    name = "none"
+    version = "1"
+    Config = NoDefenseConfig
+
+    @property
+    def uses_clean_data(self) -> bool:
+        return False
+
+    def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
+        return model
