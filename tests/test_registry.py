@@ -1,0 +1,137 @@
+"""The registry and plugin discovery: what a third party relies on to add an attack or defense without forking."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+
+from attacks import ATTACKS
+from benchmark import plugins
+from benchmark.errors import UserError
+from benchmark.registry import Registry
+from defenses import DEFENSES
+
+
+def test_unknown_name_suggests_close_names_and_lists_all():
+    with pytest.raises(UserError) as info:
+        ATTACKS.get("badnett")
+    message = str(info.value)
+    assert "Unknown attack 'badnett'" in message
+    assert "Did you mean: badnet?" in message
+    assert "Available: " in message and "badnet" in message.split("Available: ")[1]
+
+
+def test_duplicate_name_from_a_different_class_is_refused():
+    registry: Registry = Registry("attack")
+
+    class First:
+        name = "x"
+
+    class Second:
+        name = "x"
+
+    registry.register()(First)
+    with pytest.raises(UserError, match="already registered"):
+        registry.register()(Second)
+    registry.register()(First)  # the same class twice (a module imported twice) is harmless
+    assert registry.get("x") is First
+
+
+def test_resolve_all_and_lists():
+    assert "badnet" in ATTACKS.resolve("all")
+    assert DEFENSES.resolve("finetune, none") == ["finetune", "none"]
+    with pytest.raises(UserError, match="Unknown defense 'nope'"):
+        DEFENSES.resolve("none,nope")
+
+
+def test_lazy_builtins_resolve_to_classes():
+    from defenses.base import Defense
+
+    for name in DEFENSES.names():
+        assert issubclass(DEFENSES.get(name), Defense)
+        assert DEFENSES.source(name) == "built-in"
+
+
+PLUGIN_DEFENSE = """
+from dataclasses import dataclass
+from defenses.base import Defense
+
+@dataclass(frozen=True)
+class Config:
+    pass
+
+class {cls}(Defense):
+    '''A plugin defense that returns the model unchanged.'''
+    name = "{name}"
+    version = "7"
+    Config = Config
+
+    def apply(self, model, clean_data, context):
+        return model
+"""
+
+
+def test_entry_point_plugin_from_an_installed_distribution(tmp_path, monkeypatch):
+    """A throwaway distribution (dist-info + module on sys.path) advertises a defense in cleanbench.defenses."""
+    (tmp_path / "throwaway_defense.py").write_text(PLUGIN_DEFENSE.format(cls="Throwaway", name="throwaway"))
+    dist = tmp_path / "throwaway_defense-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-defense\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[cleanbench.defenses]\nthrowaway = throwaway_defense:Throwaway\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert plugins.load_entry_points(force=True) == []
+        assert DEFENSES.get("throwaway").version == "7"
+        assert DEFENSES.source("throwaway") == "package 'throwaway-defense'"
+    finally:
+        DEFENSES._entries.pop("throwaway", None)
+        sys.modules.pop("throwaway_defense", None)
+
+
+def test_broken_entry_point_is_reported_and_skipped(tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text("raise ImportError('needs a missing library')\n")
+    dist = tmp_path / "broken_plugin-0.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.2\n")
+    (dist / "entry_points.txt").write_text("[cleanbench.attacks]\nbroken = broken_plugin:Broken\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    failures = plugins.load_entry_points(force=True)
+    assert [f.name for f in failures] == ["broken"]
+    message = failures[0].message()
+    assert "package 'broken-plugin'" in message and "needs a missing library" in message
+    assert "broken" not in ATTACKS
+
+
+def test_autoload_can_be_disabled(tmp_path, monkeypatch):
+    monkeypatch.setenv(plugins.AUTOLOAD_ENV, "1")
+    assert plugins.autoload_disabled()
+    assert plugins.load_entry_points(force=True) == []
+
+
+def test_local_file_plugin(tmp_path):
+    path = tmp_path / "my_defense.py"
+    path.write_text(PLUGIN_DEFENSE.format(cls="MyDefense", name="my-defense"))
+    try:
+        assert plugins.load_plugin(str(path)) == []
+        assert DEFENSES.get("my-defense").version == "7"
+        assert DEFENSES.source("my-defense") == f"file '{path}'"
+    finally:
+        DEFENSES._entries.pop("my-defense", None)
+
+
+def test_local_file_plugin_that_fails_to_import_is_reported(tmp_path):
+    path = tmp_path / "bad_defense.py"
+    path.write_text(textwrap.dedent("""
+        import numpy
+        1 / 0
+    """))
+    failures = plugins.load_plugin(str(path))
+    assert len(failures) == 1
+    assert "ZeroDivisionError" in failures[0].error and "bad_defense.py" in failures[0].message()
+
+
+def test_missing_plugin_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        plugins.load_plugin(str(tmp_path / "nope.py"))
