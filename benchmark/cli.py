@@ -67,7 +67,7 @@ def run(
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
     from defenses import DEFENSES
-    from leaderboard.summary import print_summary
+    from leaderboard.build import write_leaderboard
 
     _load_plugins(plugin, no_plugin_autoload)
     chosen_preset = load_preset(preset)
@@ -89,7 +89,8 @@ def run(
     reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")
-    print_summary(out / "results.csv")
+    if (out / "results.csv").exists():
+        reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
     if summary.cells_failed:
         raise typer.Exit(1)
 
@@ -102,6 +103,31 @@ def _parse_seeds(text: str) -> list[int]:
     if any(seed < 0 for seed in seeds):
         raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
     return list(dict.fromkeys(seeds))
+
+
+@app.command("leaderboard")
+@user_errors
+def leaderboard_command(
+    results: Optional[List[Path]] = typer.Argument(
+        None, help="Results CSVs, or run output folders holding results.csv (default: results/)."),
+    out: Optional[Path] = typer.Option(None, help="Output folder (default: the first results file's folder)."),
+    threshold: float = typer.Option(0.5, help="No-defense ASR below which an attack 'did not take' (not ranked)."),
+    open_page: bool = typer.Option(False, "--open", help="Open index.html in the default browser."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the output folder on localhost until Ctrl-C."),
+    port: int = typer.Option(8000, help="Port for --serve; 0 picks a free one."),
+) -> None:
+    """Aggregate results over seeds into leaderboard.csv, plots and a self-contained index.html."""
+    from leaderboard.build import serve as serve_folder
+    from leaderboard.build import write_leaderboard
+
+    index = write_leaderboard(results or [Path("results")], out, threshold)
+    typer.echo(f"leaderboard: {index}")
+    if open_page:
+        import webbrowser
+
+        webbrowser.open(index.resolve().as_uri())
+    if serve:
+        serve_folder(index.parent, port)
 
 
 @app.command("list")

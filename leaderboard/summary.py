@@ -1,38 +1,39 @@
-"""The results table a user sees at the end of ``cleanbench run``: CA and ASR per cell, averaged over seeds."""
+"""The terminal view of a leaderboard: the table a user sees at the end of ``cleanbench run``."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import math
 
 import pandas as pd
 
-
-def aggregate(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds of CA and ASR per (preset, attack, defense), counting seeds and failed cells."""
-    ok = results[results["status"] == "ok"]
-    grouped = ok.groupby(["preset", "attack", "defense"], sort=True)
-    table = grouped.agg(ca=("ca", "mean"), asr=("asr", "mean"), seeds=("seed", "nunique")).reset_index()
-    failed = results[results["status"] != "ok"].groupby(["preset", "attack", "defense"]).size()
-    table["failed"] = [int(failed.get((p, a, d), 0)) for p, a, d in zip(table.preset, table.attack, table.defense)]
-    return table
+from leaderboard.aggregate import Leaderboard
 
 
-def print_summary(path: Path) -> None:
-    """Print a rich table of ``aggregate`` for the results file at ``path``."""
+def _fmt(value: float) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def print_summary(board: Leaderboard) -> None:
+    """Print the per-cell means (greyed where the attack did not take, red where failed) and the ranking."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console(width=120)
-    if not Path(path).exists():
-        console.print(f"no results at {path}")
-        return
-    results = pd.read_csv(path)
-    table = Table(title=f"cleanbench results ({path})")
-    for column in ("preset", "attack", "defense", "seeds", "CA", "ASR", "failed"):
-        table.add_column(column, justify="right" if column in ("seeds", "CA", "ASR", "failed") else "left")
-    for row in aggregate(results).itertuples():
-        asr = "—" if pd.isna(row.asr) else f"{row.asr:.3f}"
-        table.add_row(row.preset, row.attack, row.defense, str(row.seeds), f"{row.ca:.3f}", asr, str(row.failed))
-    for row in results[results["status"] != "ok"].itertuples():
-        console.print(f"failed: {row.attack} × {row.defense} seed {row.seed}: {row.reason}")
+    console = Console(width=140)
+    table = Table(title="cleanbench results (mean over seeds)")
+    for column in ("preset", "attack", "defense", "seeds", "CA", "ASR", "ΔASR", "DER", "failed", "note"):
+        table.add_column(column, justify="right" if column in ("seeds", "CA", "ASR", "ΔASR", "DER", "failed") else "left")
+    for row in board.cells.itertuples():
+        style = "red" if row.status == "failed" else ("dim" if not pd.isna(row.took) and not row.took else None)
+        table.add_row(escape(row.preset), escape(row.attack), escape(row.defense), str(row.n_seeds),
+                      _fmt(row.ca_mean), _fmt(row.asr_mean), _fmt(row.delta_asr_mean), _fmt(row.der_mean),
+                      str(row.n_failed), escape(row.note), style=style)
     console.print(table)
+    ranking = Table(title="defense ranking (worst-case ASR over attacks that took; ties: CA)")
+    for column in ("preset", "rank", "defense", "worst ASR", "mean CA", "CA cost", "note"):
+        ranking.add_column(column)
+    for row in board.ranking.itertuples():
+        rank = "—" if pd.isna(row.rank) else str(row.rank)
+        ranking.add_row(escape(row.preset), rank, escape(row.defense), _fmt(row.worst_asr), _fmt(row.mean_ca),
+                        _fmt(row.ca_cost), escape(row.note))
+    console.print(ranking)

@@ -1,0 +1,56 @@
+"""Build the whole leaderboard of some results files into a folder: ``leaderboard.csv``, figures, ``index.html``.
+
+The one entry point for both ``cleanbench leaderboard`` and the end of ``cleanbench run``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmark.storage import write_text_atomic
+from leaderboard.aggregate import DEFAULT_THRESHOLD, Leaderboard, build, write_csv
+from leaderboard.load import load_results, resolve_results_path
+
+
+def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
+                      quiet: bool = False) -> Path:
+    """Validate and aggregate ``paths``, write every output into ``out``, print the summary; returns index.html.
+
+    ``out`` defaults to the folder of the first results file, so a run's leaderboard lands beside its results.
+    """
+    from leaderboard.html import render
+    from leaderboard.plots import draw_all
+    from leaderboard.summary import print_summary
+
+    results = load_results(paths)
+    board: Leaderboard = build(results, threshold)
+    out = Path(out) if out is not None else resolve_results_path(paths[0]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(board, out / "leaderboard.csv")
+    figures = draw_all(board, out)
+    sources = sorted({str(resolve_results_path(path)) for path in paths})
+    index = out / "index.html"
+    write_text_atomic(index, render(board, results, figures, out, sources))
+    if not quiet:
+        print_summary(board)
+    return index
+
+
+def serve(folder: Path, port: int) -> None:
+    """Serve ``folder`` on localhost until interrupted (for browsers that restrict ``file://`` pages)."""
+    import functools
+    import http.server
+
+    from benchmark.errors import UserError
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError as error:
+        raise UserError(f"--port {port}: cannot serve there ({error.strerror}); try --port 0") from None
+    with server:
+        print(f"serving {folder} at http://127.0.0.1:{server.server_address[1]}/index.html (Ctrl-C stops)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass

@@ -1,0 +1,173 @@
+"""Reading results CSVs and checking them against the results schema (``benchmark.results``).
+
+The schema lives in :mod:`benchmark.results`; this module only checks files against it, so a hand-edited or
+foreign file fails here with one line naming the file, the row and the column, not later with a pandas
+traceback. Files written under different schema versions are refused rather than mixed: the columns may mean
+different things.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.errors import UserError
+from benchmark.results import COLUMNS, SCHEMA_VERSION
+
+INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count")
+FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
+SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
+REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
+REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
+ASR_COLUMNS = ("asr", "asr_low", "asr_high")
+STATUSES = ("ok", "failed")
+BENIGN_ATTACK = "none"
+
+
+def resolve_results_path(path: Path) -> Path:
+    """A results file, or a run's output folder holding ``results.csv``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.csv"
+    if not path.is_file():
+        raise UserError(f"no results file at {path}")
+    return path
+
+
+def load_results(paths: list[Path]) -> pd.DataFrame:
+    """Read and validate results files into one typed table.
+
+    Adds ``source`` (file) and ``line`` (line number in it) so later messages can point back to the row. Rows
+    with the same ``cell_id`` in several files are the same cell: the last file wins.
+    """
+    if not paths:
+        raise UserError("no results files given")
+    raws = [(path, _read_raw(path)) for path in map(resolve_results_path, paths)]
+    _check_versions(raws)
+    table = pd.concat([_typed(path, raw) for path, raw in raws], ignore_index=True)
+    table = table.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    _check_conflicts(table)
+    return table
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    """The file as strings; only ``schema_version`` is checked here, so the version check comes first."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: empty file, not a cleanbench results file") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]})") from None
+    if "schema_version" not in raw.columns:
+        raise UserError(f"{path}: missing column 'schema_version'; not a cleanbench results file")
+    if raw.empty:
+        raise UserError(f"{path}: no result rows")
+    return raw
+
+
+def _typed(path: Path, raw: pd.DataFrame) -> pd.DataFrame:
+    """Check columns and every row, then convert the numeric columns; empty cells become missing values."""
+    missing = [column for column in COLUMNS if column not in raw.columns]
+    if missing:
+        raise UserError(f"{path}: missing column {missing[0]!r}"
+                        + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                        + "; not a cleanbench results file of this schema")
+    unknown = [column for column in raw.columns if column not in COLUMNS]
+    if unknown:
+        raise UserError(f"{path}: unknown column {unknown[0]!r}; results schema version {SCHEMA_VERSION} "
+                        "does not have it")
+    table = raw[COLUMNS].copy()
+    for index, row in enumerate(raw.to_dict("records")):
+        _check_row(path, index, row)
+    for column in INT_COLUMNS:
+        table[column] = pd.to_numeric(table[column].replace("", None)).astype("Int64")
+    for column in FRACTION_COLUMNS + SECONDS_COLUMNS:
+        table[column] = pd.to_numeric(table[column].replace("", None)).astype(float)
+    table["source"] = str(path)
+    table["line"] = range(2, len(table) + 2)
+    return table
+
+
+def _where(path: Path, index: int, column: str) -> str:
+    return f"{path}, row {index + 1} (line {index + 2}), column {column!r}"
+
+
+def _check_row(path: Path, index: int, row: dict[str, str]) -> None:
+    """Raise on the first bad value of one row, naming file, row and column."""
+    for column in REQUIRED_TEXT:
+        if not row[column].strip():
+            raise UserError(f"{_where(path, index, column)}: empty; every row needs it")
+    for column in INT_COLUMNS:
+        value = row[column]
+        if value == "" and column not in ("schema_version", "seed"):
+            continue
+        if not _is_int(value):
+            raise UserError(f"{_where(path, index, column)}: expected an integer, got {value!r}")
+    if row["status"] not in STATUSES:
+        raise UserError(f"{_where(path, index, 'status')}: expected one of {', '.join(STATUSES)}, "
+                        f"got {row['status']!r}")
+    for column in FRACTION_COLUMNS + SECONDS_COLUMNS:
+        value = row[column]
+        if value == "":
+            continue
+        number = _as_float(value)
+        if number is None:
+            raise UserError(f"{_where(path, index, column)}: expected a number, got {value!r}")
+        upper = 1.0 if column in FRACTION_COLUMNS else math.inf
+        if not 0.0 <= number <= upper:
+            allowed = "[0, 1]" if column in FRACTION_COLUMNS else "≥ 0"
+            raise UserError(f"{_where(path, index, column)}: {value} is outside {allowed}")
+    if row["status"] == "ok":
+        required = REQUIRED_WHEN_OK + (ASR_COLUMNS if row["attack"] != BENIGN_ATTACK else ())
+        for column in required:
+            if row[column] == "":
+                raise UserError(f"{_where(path, index, column)}: empty in an 'ok' row")
+
+
+def _is_int(value: str) -> bool:
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_float(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return None if math.isnan(number) else number
+
+
+def _check_versions(frames: list[tuple[Path, pd.DataFrame]]) -> None:
+    """Refuse to mix schema versions, within a file or across files, and refuse versions we cannot read."""
+    versions: dict[str, str] = {}
+    for path, frame in frames:
+        for index, version in enumerate(frame["schema_version"]):
+            if not _is_int(version):
+                raise UserError(f"{_where(path, index, 'schema_version')}: expected an integer, got {version!r}")
+            versions.setdefault(str(int(version)), str(path))
+    if len(versions) > 1:
+        listed = "; ".join(f"version {version} in {path}" for version, path in sorted(versions.items()))
+        raise UserError(f"refusing to mix results schema versions ({listed}); "
+                        "build one leaderboard per version")
+    (version, path), = versions.items()
+    if int(version) != SCHEMA_VERSION:
+        raise UserError(f"{path} was written with results schema version {version}; "
+                        f"this cleanbench reads version {SCHEMA_VERSION}")
+
+
+def _check_conflicts(table: pd.DataFrame) -> None:
+    """Refuse two different cells for the same (preset, attack, defense, seed): their mean would mix configs."""
+    key = ["preset", "attack", "defense", "seed"]
+    clashes = table[table.duplicated(key, keep=False)]
+    if clashes.empty:
+        return
+    first, second = clashes.sort_values(key).head(2).to_dict("records")
+    raise UserError(
+        f"{first['source']} line {first['line']} and {second['source']} line {second['line']} are both "
+        f"{first['preset']} / {first['attack']} / {first['defense']} seed {first['seed']} but different cells "
+        "(another config or version); build a leaderboard from one configuration at a time")
