@@ -18,7 +18,7 @@ ci_method                ``t`` (Student t over seeds, two or more seeds) or ``wi
                          intervals of delta_ca, delta_asr and der are empty, as one seed says nothing of
                          their spread)
 time_defense_s_mean      mean wall time of the defense
-rank                     the defense's rank in its preset (same on all its rows); empty if unranked
+rank                     the defense's rank in its preset, on the cells it was ranked on; empty elsewhere
 =======================  ===================================================================================
 
 Definitions, per seed on the same (preset, attack, seed) victim, then aggregated over seeds:
@@ -104,7 +104,8 @@ def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> Leader
     cells = _gate(cells, threshold)
     ranking = rank_defenses(cells)
     ranks = ranking.set_index(["preset", "defense"])["rank"]
-    cells["rank"] = [ranks.get((p, d), pd.NA) for p, d in zip(cells["preset"], cells["defense"])]
+    cells["rank"] = [ranks.get((p, d), pd.NA) if counted else pd.NA
+                     for p, d, counted in zip(cells["preset"], cells["defense"], cells["ranked"])]
     cells["rank"] = cells["rank"].astype("Int64")
     return Leaderboard(cells[LEADERBOARD_COLUMNS], ranking, effects, threshold)
 
@@ -116,7 +117,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
     row: dict = {"preset": preset, "attack": attack, "defense": defense,
                  "status": "ok" if len(ok) else "failed", "n_seeds": len(ok),
                  "seeds": ";".join(str(seed) for seed in sorted(ok["seed"])), "n_failed": len(failed),
-                 "note": "" if len(ok) else f"all {len(failed)} seeds failed: {failed['reason'].iloc[0]}",
+                 "note": "" if len(ok) else f"{len(failed)} of {len(failed)} seeds failed: {failed['reason'].iloc[0]}",
                  "ci_method": "wilson" if len(ok) == 1 else "t"}
     for metric in METRICS:
         mean, std, low, high = mean_interval(ok[metric])

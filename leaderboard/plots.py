@@ -78,10 +78,13 @@ def _tradeoff(cells: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Fi
         took = bool(group["took"].fillna(False).astype(bool).any())
         for row in group.itertuples():
             colour, marker = styles[row.defense]
-            axis.errorbar(row.asr_mean, row.ca_mean, xerr=_err(row.asr_mean, row.asr_ci_low, row.asr_ci_high),
-                          yerr=_err(row.ca_mean, row.ca_ci_low, row.ca_ci_high), fmt=marker, color=colour,
-                          markersize=9, markeredgecolor="black", markeredgewidth=0.6, capsize=3,
-                          alpha=1.0 if took else 0.45, label=text(row.defense))
+            _, caps, bars = axis.errorbar(
+                row.asr_mean, row.ca_mean, xerr=_err(row.asr_mean, row.asr_ci_low, row.asr_ci_high),
+                yerr=_err(row.ca_mean, row.ca_ci_low, row.ca_ci_high), fmt=marker, color=colour, markersize=9,
+                markeredgecolor="black", markeredgewidth=0.6, capsize=2, elinewidth=1, zorder=3,
+                alpha=1.0 if took else 0.45)
+            for line in (*caps, *bars):  # intervals stay visible but behind the markers
+                line.set_alpha(0.35)
         control = cells[(cells["preset"] == preset) & (cells["attack"] == BENIGN_ATTACK)
                         & (cells["defense"] == NO_DEFENSE) & (cells["status"] == "ok")]
         if len(control):
@@ -93,7 +96,8 @@ def _tradeoff(cells: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Fi
         axis.set(xlim=(-0.03, 1.03), xlabel="ASR (lower is better)", ylabel="CA (higher is better)")
         axis.grid(alpha=0.3)
     handles = [plt.Line2D([], [], linestyle="", marker=marker, color=colour, markeredgecolor="black",
-                          markersize=9, label=text(name)) for name, (colour, marker) in sorted(styles.items())]
+                          markersize=9, label=text(name) + (" (no defense)" if name == NO_DEFENSE else ""))
+               for name, (colour, marker) in sorted(styles.items())]
     figure.legend(handles=handles, title="defense", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.suptitle("Trade-off: clean accuracy against attack success, one marker per defense", fontsize=11)
     figure.tight_layout()

@@ -1,0 +1,248 @@
+"""The leaderboard on hand-made results files with answers worked out by hand: aggregates, DER, the validity
+gate, ranking, schema errors (one line, exit code 2) and escaping of untrusted names."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.errors import UserError
+from benchmark.results import COLUMNS
+from leaderboard.aggregate import build, der
+from leaderboard.build import write_leaderboard
+from leaderboard.load import load_results
+
+EVIL = "<script>alert(1)</script>"
+
+
+def make_row(attack: str, defense: str, seed: int, ca: float | None, asr: float | None = None,
+             status: str = "ok", preset: str = "p", **extra: object) -> dict:
+    """A complete results row (every schema column) with plausible provenance."""
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(schema_version=1, cell_id=f"{preset}|{attack}|{defense}|{seed}", preset=preset, attack=attack,
+               defense=defense, seed=seed, status=status, target="bag", model="tiny", device="cpu",
+               poison_count=0 if attack == "none" else 25, attack_version="1", defense_version="1",
+               attack_config='{"poison_rate": 0.05}', defense_config='{"epochs": 1}', victim_key=f"v{seed}",
+               cleanbench_version="0.1.0", git_commit="abc1234", finished_at="2025-01-01T00:00:00+00:00")
+    if status == "ok":
+        row.update(ca=ca, ca_low=max(0.0, ca - 0.05), ca_high=min(1.0, ca + 0.05), ca_top5=min(1.0, ca + 0.1),
+                   n_clean=300, n_triggered=0 if attack == "none" else 270, time_poison_s=1.0, time_victim_s=10.0,
+                   time_defense_s=2.0 if defense != "none" else 0.0, time_eval_s=0.5)
+        if attack != "none":
+            row.update(asr=asr, asr_low=max(0.0, asr - 0.05), asr_high=min(1.0, asr + 0.05))
+    row.update(extra)
+    return row
+
+
+def write_results(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> Path:
+    """Write rows as a results CSV with the given header (all schema columns unless told otherwise)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def known_rows() -> list[dict]:
+    """Two seeds; badnet takes, wanet does not (no-defense ASR 0.25); answers are worked out in the tests."""
+    return [
+        make_row("badnet", "none", 0, 0.80, 0.90), make_row("badnet", "none", 1, 0.70, 1.00),
+        make_row("badnet", "cleanclip", 0, 0.75, 0.00), make_row("badnet", "cleanclip", 1, 0.72, 0.50),
+        make_row("badnet", "tie", 0, 0.70, 0.25), make_row("badnet", "tie", 1, 0.70, 0.25),
+        make_row("badnet", "finetune", 0, 0.80, 0.50), make_row("badnet", "finetune", 1, 0.70, 0.60),
+        make_row("badnet", "broken", 0, None, status="failed", reason="defense: RuntimeError: out of memory"),
+        make_row("wanet", "none", 0, 0.80, 0.30), make_row("wanet", "none", 1, 0.80, 0.20),
+        make_row("wanet", "cleanclip", 0, 0.80, 0.90), make_row("wanet", "cleanclip", 1, 0.80, 0.90),
+        make_row("wanet", "finetune", 0, 0.80, 0.10),
+        make_row("wanet", "finetune", 1, None, status="failed", reason="defense: ValueError: bad"),
+        make_row("none", "none", 0, 0.82), make_row("none", "none", 1, 0.80),
+        make_row("none", "cleanclip", 0, 0.78), make_row("none", "cleanclip", 1, 0.79),
+    ]
+
+
+@pytest.fixture
+def board(tmp_path):
+    return build(load_results([write_results(tmp_path / "results.csv", known_rows())]))
+
+
+def cell(board, attack: str, defense: str) -> pd.Series:
+    cells = board.cells
+    return cells[(cells.attack == attack) & (cells.defense == defense)].iloc[0]
+
+
+def test_der_follows_the_paper_not_the_published_code():
+    # ΔASR 0.8, ΔCA 0.05: the paper gives (0.8 − 0.05 + 1) / 2; BackdoorBench's code would give 0.925.
+    assert der(0.8, 0.05) == pytest.approx(0.875)
+    assert der(-0.2, -0.1) == pytest.approx(0.5)  # a rise in ASR or in CA counts as zero
+    assert der(1.0, 0.0) == pytest.approx(1.0)
+    assert math.isnan(der(float("nan"), 0.0))
+
+
+def test_seed_aggregates_and_t_interval(board):
+    row = cell(board, "badnet", "cleanclip")
+    assert row.n_seeds == 2 and row.seeds == "0;1" and row.ci_method == "t"
+    assert row.ca_mean == pytest.approx(0.735)
+    assert row.ca_std == pytest.approx(0.03 / math.sqrt(2))
+    half = 12.706204736 * 0.015  # t(0.975, 1) · s / √2
+    assert (row.ca_ci_low, row.ca_ci_high) == pytest.approx((0.735 - half, 0.735 + half))
+    assert row.asr_mean == pytest.approx(0.25)
+    assert row.asr_ci_low == 0.0  # 0.25 − 12.7·0.25 clipped to the metric's range
+
+
+def test_deltas_and_der_are_paired_per_seed(board):
+    row = cell(board, "badnet", "cleanclip")
+    assert row.delta_ca_mean == pytest.approx((0.05 + -0.02) / 2)
+    assert row.delta_asr_mean == pytest.approx((0.90 + 0.50) / 2)
+    # seed 0: (0.9 − 0.05 + 1) / 2 = 0.925; seed 1: ΔCA −0.02 counts as 0, (0.5 + 1) / 2 = 0.75
+    assert row.der_mean == pytest.approx((0.925 + 0.75) / 2)
+    baseline = cell(board, "badnet", "none")
+    assert (baseline.delta_ca_mean, baseline.delta_asr_mean, baseline.der_mean) == pytest.approx((0, 0, 0.5))
+
+
+def test_benign_control_gives_the_ca_cost(board):
+    row = cell(board, "none", "cleanclip")
+    assert row.delta_ca_mean == pytest.approx((0.04 + 0.01) / 2)
+    assert math.isnan(row.asr_mean) and math.isnan(row.der_mean) and pd.isna(row.took)
+    ranking = board.ranking.set_index("defense")
+    assert ranking.loc["cleanclip", "ca_cost"] == pytest.approx(0.025)
+
+
+def test_failed_seeds_are_counted_not_averaged(board):
+    partial = cell(board, "wanet", "finetune")
+    assert partial.status == "ok" and partial.n_seeds == 1 and partial.n_failed == 1
+    assert partial.ci_method == "wilson" and (partial.ca_ci_low, partial.ca_ci_high) == pytest.approx((0.75, 0.85))
+    assert math.isnan(partial.delta_ca_ci_low)  # one seed says nothing about the spread of a difference
+    assert "1 of 2 seeds failed" in partial.note and "ValueError" in partial.note
+    broken = cell(board, "badnet", "broken")
+    assert broken.status == "failed" and broken.n_seeds == 0 and math.isnan(broken.ca_mean)
+    assert "out of memory" in broken.note
+
+
+def test_attack_that_did_not_take_is_greyed_and_not_ranked(board):
+    row = cell(board, "wanet", "cleanclip")
+    assert not row.took and not row.ranked
+    assert "did not take" in row.note and "0.250 < 0.5" in row.note
+    assert cell(board, "badnet", "cleanclip").took
+
+
+def test_ranking_worst_case_asr_over_attacks_that_took_ties_by_ca(board):
+    ranking = board.ranking.set_index("defense")
+    # cleanclip's wanet ASR (0.9) does not count: wanet did not take. cleanclip and tie share 0.25; CA decides.
+    assert ranking.loc["cleanclip", "worst_asr"] == pytest.approx(0.25)
+    assert ranking.loc[["cleanclip", "tie", "finetune", "none"], "rank"].tolist() == [1, 2, 3, 4]
+    assert pd.isna(ranking.loc["broken", "rank"]) and "badnet" in ranking.loc["broken", "note"]
+    assert cell(board, "badnet", "tie")["rank"] == 2
+    assert pd.isna(cell(board, "wanet", "cleanclip")["rank"]) and pd.isna(cell(board, "none", "cleanclip")["rank"])
+
+
+def test_lower_threshold_lets_the_attack_count(tmp_path):
+    board = build(load_results([write_results(tmp_path / "results.csv", known_rows())]), threshold=0.2)
+    ranking = board.ranking.set_index("defense")
+    assert ranking.loc["cleanclip", "worst_asr"] == pytest.approx(0.9)
+    assert pd.isna(ranking.loc["tie", "rank"])  # tie has no wanet cell
+
+
+def test_leaderboard_csv_has_one_tidy_row_per_cell(tmp_path):
+    results = write_results(tmp_path / "run" / "results.csv", known_rows())
+    write_leaderboard([results], quiet=True)
+    table = pd.read_csv(tmp_path / "run" / "leaderboard.csv")
+    assert len(table) == 10 and not table.duplicated(["preset", "attack", "defense"]).any()
+    assert {"ca_mean", "ca_ci_low", "der_mean", "took", "rank", "time_defense_s_mean"} <= set(table.columns)
+    for name in ("tradeoff", "asr_heatmap", "ca_cost"):
+        assert (tmp_path / "run" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "run" / f"{name}.svg").stat().st_size > 0
+
+
+def test_cli_writes_the_page_and_embeds_the_trigger_gallery(cli, tmp_path):
+    results = write_results(tmp_path / "results.csv", known_rows())
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "trigger_gallery.png").write_bytes(_tiny_png())
+    code, stdout, _ = cli("leaderboard", results, "--out", out)
+    assert code == 0, stdout
+    page = (out / "index.html").read_text()
+    assert "leaderboard: " in stdout and "defense ranking" in stdout
+    assert page.count("data:image/png;base64,") == 4  # three figures and the gallery
+    assert "http://" not in page and "https://" not in page  # self-contained: nothing fetched
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    plt.imsave(buffer, [[0.0, 1.0]], format="png")
+    return buffer.getvalue()
+
+
+def test_untrusted_names_render_as_text(tmp_path):
+    rows = known_rows() + [make_row("badnet", EVIL, 0, 0.7, 0.2, defense_config='{"x": "</pre><img src=x onerror=alert(2)>"}'),
+                           make_row("badnet", EVIL, 1, 0.7, 0.2)]
+    index = write_leaderboard([write_results(tmp_path / "results.csv", rows)], quiet=True)
+    page = index.read_text()
+    assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda rows, cols: (rows, [c for c in cols if c != "ca"]), "missing column 'ca'"),
+        (lambda rows, cols: (_set(rows, 2, ca="high"), cols), "row 3 (line 4), column 'ca': expected a number, got 'high'"),
+        (lambda rows, cols: (_set(rows, 0, seed="1.5"), cols), "row 1 (line 2), column 'seed': expected an integer"),
+        (lambda rows, cols: (_set(rows, 4, asr="1.7"), cols), "row 5 (line 6), column 'asr': 1.7 is outside [0, 1]"),
+        (lambda rows, cols: (_set(rows, 1, status="done"), cols), "column 'status': expected one of ok, failed"),
+        (lambda rows, cols: (_set(rows, 0, asr=""), cols), "row 1 (line 2), column 'asr': empty in an 'ok' row"),
+        (lambda rows, cols: (_set(rows, 3, schema_version=2), cols), "refusing to mix results schema versions"),
+    ],
+    ids=["missing-column", "not-a-number", "not-an-integer", "out-of-range", "bad-status", "empty-asr",
+         "mixed-versions-in-a-file"],
+)
+def test_schema_errors_are_one_line_and_exit_2(cli, tmp_path, mutate, expected):
+    rows, columns = mutate(known_rows(), list(COLUMNS))
+    path = write_results(tmp_path / "results.csv", rows, columns)
+    code, _, err = cli("leaderboard", path, "--out", tmp_path / "site")
+    assert code == 2
+    assert err.startswith("error: ") and err.strip().count("\n") == 0
+    assert str(path) in err and expected in err
+    assert not (tmp_path / "site" / "index.html").exists()
+
+
+def _set(rows: list[dict], index: int, **values: object) -> list[dict]:
+    rows[index].update(values)
+    return rows
+
+
+def test_files_of_different_schema_versions_are_not_mixed(cli, tmp_path):
+    first = write_results(tmp_path / "a" / "results.csv", known_rows())
+    second = write_results(tmp_path / "b" / "results.csv",
+                           [dict(row, schema_version=2, cell_id=row["cell_id"] + "-b") for row in known_rows()])
+    code, _, err = cli("leaderboard", first, second, "--out", tmp_path / "site")
+    assert code == 2 and "refusing to mix results schema versions" in err
+    assert "version 1 in" in err and "version 2 in" in err and err.strip().count("\n") == 0
+    code, _, err = cli("leaderboard", second, "--out", tmp_path / "site")
+    assert code == 2 and "written with results schema version 2" in err
+
+
+def test_two_files_merge_but_conflicting_cells_are_refused(tmp_path):
+    rows = known_rows()
+    first = write_results(tmp_path / "a" / "results.csv", rows[:9])
+    second = write_results(tmp_path / "b" / "results.csv", rows[9:])
+    assert len(build(load_results([first, second])).cells) == 10
+    clash = write_results(tmp_path / "c" / "results.csv", [dict(rows[0], cell_id="other", attack_config="{}")])
+    with pytest.raises(UserError, match="both p / badnet / none seed 0 but different cells"):
+        load_results([first, clash])
+
+
+def test_missing_results_file_is_a_user_error(cli, tmp_path):
+    code, _, err = cli("leaderboard", tmp_path / "nowhere")
+    assert code == 2 and "no results file at" in err
