@@ -7,6 +7,9 @@ DEFENSES: Registry = Registry("defense")
 for _name, _ref in {
     "none": "defenses.none:NoDefense",
     "finetune": "defenses.finetune:Finetune",
+    "cleanclip": "defenses.cleanclip:CleanCLIP",
+    "ssl-only": "defenses.ssl_only:SSLOnly",
+    "supervised": "defenses.supervised:Supervised",
 }.items():
     DEFENSES.add(_name, _ref)
 
