@@ -6,6 +6,9 @@ ATTACKS: Registry = Registry("attack")
 
 for _name, _ref in {
     "badnet": "attacks.badnet:BadNet",
+    "blended": "attacks.blended:Blended",
+    "label-consistent": "attacks.label_consistent:LabelConsistent",
+    "wanet": "attacks.wanet:WaNet",
 }.items():
     ATTACKS.add(_name, _ref)
 

@@ -26,6 +26,7 @@ class PoisonTarget:
     index: int
     name: str
     caption: Callable[[torch.Generator], str]
+    synonyms: tuple[str, ...] = ()  # other phrases that name the target in captions (label-consistent selection)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class AttackContext:
     device: torch.device
     clean_pairs: PairSet | None = None
     resources: dict[str, Any] = field(default_factory=dict)
+    model_name: str = ""  # the victim's open_clip architecture, for attacks that train a surrogate of it
 
 
 class Attack(ABC):
