@@ -9,10 +9,13 @@ from typing import Callable, List, Optional
 
 import typer
 
+from benchmark.cli_attacks import attacks_app
 from benchmark.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Backdoor attacks and defenses for CLIP, benchmarked end to end.")
+
+app.add_typer(attacks_app, name="attacks")
 
 PluginOption = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable).")
 NoAutoloadOption = typer.Option(False, "--no-plugin-autoload",

@@ -113,7 +113,8 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     preset = plan.preset
     attack = None
     if spec.attack != BENIGN:
-        context = AttackContext(preset.data.image_size, spec.seed, device, clean_pairs=task.clean_pairs)
+        context = AttackContext(preset.data.image_size, spec.seed, device, clean_pairs=task.clean_pairs,
+                                model_name=preset.model.name)
         attack = ATTACKS.get(spec.attack).from_settings(spec.attack_settings, context=context)
     meta = store.victim_meta(spec.key)
     if meta is not None:
@@ -125,7 +126,8 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     pairs = task.train_pairs
     if attack is not None:
         target = PoisonTarget(task.target_index, preset.text.target,
-                              lambda generator: task.captions.caption(task.target_index, generator))
+                              lambda generator: task.captions.caption(task.target_index, generator),
+                              synonyms=tuple(preset.text.synonyms[task.target_index]))
         generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
         pairs, manifest = attack.poison(pairs, target, spec.poison_count, generator)
         store.save_manifest(spec.key, manifest.to_json())
