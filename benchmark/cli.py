@@ -69,6 +69,7 @@ def run(
     from benchmark.presets import load_preset
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
+    from benchmark.task import build_task
     from defenses import DEFENSES
     from leaderboard.build import write_leaderboard
 
@@ -85,6 +86,7 @@ def run(
     plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), _parse_seeds(seeds),
                      attack_overrides=overrides)
     torch_device = resolve_device(device)
+    build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
     reporter = Reporter()
     reporter.log(f"plan: preset {chosen_preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
                  f"device {torch_device}, output {out}")

@@ -62,6 +62,8 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     reporter = reporter or Reporter.silent()
     out_dir = Path(out_dir)
     summary = RunSummary()
+    ResultsFile(out_dir / "results.csv")  # refuse a foreign or other-version results file before writing anything
+    task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
     with OutputLock(out_dir):
         results = ResultsFile(out_dir / "results.csv")
         store = ArtifactStore(out_dir / "cache")
@@ -71,7 +73,6 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
             reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
         if not pending:
             return summary
-        task = build_task(plan.preset)
         with reporter.task("grid", total=len(pending)) as advance:
             for victim_spec in plan.victims:
                 cells = [cell for cell in pending if cell.victim.key == victim_spec.key]
@@ -81,7 +82,6 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
 
 
 def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance) -> None:
-    label = f"{spec.attack} seed {spec.seed}"
     reused = [cell for cell in cells if store.cell_metrics(cell.key) is not None]
     for cell in reused:  # metrics survived a crash that happened before the row was written
         results.upsert(_row(plan, cell, Metrics.from_json(store.cell_metrics(cell.key)["metrics"]),
@@ -105,7 +105,6 @@ def _run_victim(plan, task, spec, cells, store, results, device, reporter, summa
         except Exception as error:  # noqa: BLE001
             _record_failure(plan, cell, error, store, results, device, reporter, summary, stage="defense")
         advance(1)
-    del label
 
 
 def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStore, device: torch.device,

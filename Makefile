@@ -1,0 +1,27 @@
+# Two commands for a fresh machine (Debian/Ubuntu, as root or with sudo):
+#   make run    set up, then run the default grid on the embedded default preset and print the results
+#   make test   set up, then run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+APT_PACKAGES = dataset-fashion-mnist wordnet-base chromium
+SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test
+
+$(VENV)/.installed: pyproject.toml
+	@if command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	else echo "no apt-get: install Fashion-MNIST yourself and pass --data-dir"; fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+run: setup
+	$(VENV)/bin/cleanbench run --attacks all --defenses all --seeds 0 --out results
+
+test: setup
+	$(VENV)/bin/python -m pytest -q

@@ -1,0 +1,71 @@
+"""The command line a user types: listing, a tiny grid, and bad input (one clear line, exit code 2, nothing written)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from benchmark.data import fashion_mnist
+
+
+def test_list_shows_builtins_with_versions_and_sources(cli):
+    code, out, _ = cli("list", "attacks")
+    assert code == 0 and "badnet" in out and "built-in" in out
+    code, out, _ = cli("list", "defenses")
+    assert code == 0 and "finetune" in out and "none" in out
+    code, out, _ = cli("list", "presets")
+    assert code == 0 and "fmnist-tiny" in out
+    code, _, err = cli("list", "models")
+    assert code == 2 and "cannot list 'models'" in err
+
+
+def test_run_tiny_grid_writes_one_row_per_cell(cli, test_preset, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, _ = cli("run", "--preset", test_preset, "--attacks", "badnet", "--defenses", "none,finetune",
+                          "--seeds", "0", "--out", out)
+    assert code == 0, stdout
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(zip(results.attack, results.defense)) == [
+        ("badnet", "finetune"), ("badnet", "none"), ("none", "finetune"), ("none", "none")]
+    assert (results.status == "ok").all()
+    assert results.ca.between(0, 1).all() and results.n_clean.eq(300).all()
+    badnet = results[results.attack == "badnet"]
+    assert badnet.asr.between(0, 1).all() and badnet.n_triggered.gt(0).all()
+    assert results[results.attack == "none"].asr.isna().all()
+    assert "cleanbench results" in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attacks", "blend"], "Unknown attack 'blend'. Did you mean: "),
+        (["--defenses", "cleenclip"], "Unknown defense 'cleenclip'."),
+        (["--preset", "fmnist-tiney"], "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny?"),
+        (["--poison-count", "100000"], "poison_count = 100000 is larger than the 512 training pairs"),
+        (["--poison-rate", "1.5"], "poison_rate = 1.5 is out of range; allowed: (0, 1]"),
+        (["--seeds", "a,b"], "--seeds 'a,b': give comma-separated integers"),
+        (["--device", "tpu"], "--device 'tpu' is not understood"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(cli, test_preset, tmp_path, args, message):
+    out = tmp_path / "out"
+    base = ["run", "--preset", test_preset, "--attacks", "badnet", "--defenses", "none", "--out", out]
+    if "--preset" in args:
+        base = base[:1] + base[3:]
+    code, _, err = cli(*base, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_missing_dataset_names_all_three_sources(cli, test_preset, tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "no-debian-package")
+    out = tmp_path / "out"
+    code, _, err = cli("run", "--preset", test_preset, "--attacks", "badnet", "--defenses", "none", "--out", out,
+                       "--data-dir", tmp_path / "empty")
+    assert code == 2
+    assert "Fashion-MNIST not found" in err and "empty" in err and "dataset-fashion-mnist" in err
+    assert "zalando-datasets/fashion_mnist" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()
