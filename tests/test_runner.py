@@ -1,0 +1,133 @@
+"""The runner's promises: reuse everything computed, resume after a kill, record failures and go on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.errors import UserError
+from benchmark.presets import load_preset
+from benchmark.results import METRIC_COLUMNS
+from benchmark.runner import plan_grid, run_plan
+from benchmark.runner.lock import OutputLock
+from defenses import DEFENSES
+from tests.conftest import TEST_PRESET
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """One finished tiny grid (badnet × {none, finetune} plus the benign control, seed 0)."""
+    out = tmp_path_factory.mktemp("grid")
+    plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "finetune"], [0])
+    summary = run_plan(plan, out, CPU)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 4, 0)
+    return out
+
+
+def _plan():
+    return plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "finetune"], [0])
+
+
+def test_second_run_trains_nothing(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    summary = run_plan(_plan(), out, CPU)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_skipped) == (0, 0, 4)
+
+
+def test_lost_rows_are_rebuilt_from_cached_artifacts(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    (out / "results.csv").unlink()
+    summary = run_plan(_plan(), out, CPU)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_reused) == (0, 0, 4)
+    before = pd.read_csv(finished_run / "results.csv").sort_values("cell_id")[METRIC_COLUMNS].reset_index(drop=True)
+    after = pd.read_csv(out / "results.csv").sort_values("cell_id")[METRIC_COLUMNS].reset_index(drop=True)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_corrupt_checkpoint_is_never_loaded(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    (out / "results.csv").unlink()
+    shutil.rmtree(out / "cache" / "cells")
+    checkpoint = next((out / "cache" / "victims").glob("*/model.safetensors"))
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])  # a write cut short
+    summary = run_plan(_plan(), out, CPU)
+    assert summary.victims_trained == 1 and summary.victims_loaded == 1 and summary.cells_failed == 0
+
+
+class ExplodingDefense(DEFENSES.get("none")):
+    """A defense whose apply raises, to check that only its cells fail."""
+
+    name = "exploding"
+
+    @property
+    def uses_clean_data(self) -> bool:
+        return True
+
+    def apply(self, model, clean_data, context):
+        raise RuntimeError("boom")
+
+
+def test_failing_defense_marks_only_its_cells_failed(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    DEFENSES.add("exploding", ExplodingDefense, source="test")
+    try:
+        plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "exploding"], [0])
+        summary = run_plan(plan, out, CPU)
+    finally:
+        DEFENSES._entries.pop("exploding")
+    assert summary.cells_failed == 2 and summary.cells_skipped == 2
+    results = pd.read_csv(out / "results.csv")
+    failed = results[results.defense == "exploding"]
+    assert (failed.status == "failed").all() and failed.reason.str.contains("RuntimeError: boom").all()
+    assert (results[results.defense != "exploding"].status == "ok").all()
+    for cell_id in failed.cell_id:
+        assert "boom" in (out / "cache" / "cells" / cell_id / "error.txt").read_text()
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    with OutputLock(tmp_path):
+        with pytest.raises(UserError, match=f"in use by pid {os.getpid()}"):
+            run_plan(_plan(), tmp_path, CPU)
+
+
+def _cli(out: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmark.cli", "run", "--preset", str(TEST_PRESET), "--attacks", "badnet",
+            "--defenses", "none,finetune", "--seeds", "0,1", "--out", str(out)]
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(finished_run, tmp_path):
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    env = dict(os.environ, CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD="1")
+    subprocess.run(_cli(reference), check=True, env=env, capture_output=True)
+    process = subprocess.Popen(_cli(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once some, but not all, cells are recorded
+        rows = len(pd.read_csv(resumed / "results.csv")) if (resumed / "results.csv").exists() else 0
+        if rows >= 2:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_rows = len(pd.read_csv(resumed / "results.csv"))
+    assert 2 <= killed_rows < 8
+    subprocess.run(_cli(resumed), check=True, env=env, capture_output=True)
+    a = pd.read_csv(reference / "results.csv").sort_values("cell_id").reset_index(drop=True)
+    b = pd.read_csv(resumed / "results.csv").sort_values("cell_id").reset_index(drop=True)
+    assert len(b) == 8 and b.cell_id.is_unique
+    pd.testing.assert_frame_equal(a[["cell_id", *METRIC_COLUMNS]], b[["cell_id", *METRIC_COLUMNS]])
