@@ -86,9 +86,10 @@ def _cell(index: int, row: dict, results: pd.DataFrame, per_seed: pd.DataFrame) 
     seeds = []
     for seed_row in rows.sort_values("seed").to_dict("records"):
         effect = effects.loc[seed_row["cell_id"]] if seed_row["cell_id"] in effects.index else {}
-        values = {**seed_row, **{name: effect.get(name, math.nan) for name in ("delta_ca", "delta_asr", "der")}}
-        seeds.append({"seed": seed_row["seed"], "source": f"{seed_row['source']}:{seed_row['line']}",
-                      "fields": [(name, number(values[name], 4)) for name in PROVENANCE]})
+        values = {**seed_row, **{name: effect.get(name, math.nan) for name in ("delta_ca", "delta_asr", "der")},
+                  "source": f"{seed_row['source']}:{seed_row['line']}"}
+        seeds.append({name: number(values[name], 1 if name.startswith("time_") else 4)
+                      for name in ("seed", *PROVENANCE, "source")})
     first = rows.sort_values("seed").iloc[0]
     benign = row["attack"] == BENIGN_ATTACK
     greyed = not benign and (row["took"] is pd.NA or not bool(row["took"]))
@@ -100,7 +101,8 @@ def _cell(index: int, row: dict, results: pd.DataFrame, per_seed: pd.DataFrame) 
         "metrics": {metric: _metric(row, metric) for metric in ("ca", "asr", "delta_ca", "delta_asr", "der")},
         "time": number(row["time_defense_s_mean"], 1), "time_sort": sort_key(row["time_defense_s_mean"]),
         "config": [(name, _pretty(first[name])) for name in CONFIG],
-        "per_seed": seeds,
+        "seed_labels": [seed["seed"] for seed in seeds],
+        "provenance": [(name, [seed[name] for seed in seeds]) for name in (*PROVENANCE, "source")],
     }
 
 

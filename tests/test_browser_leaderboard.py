@@ -11,9 +11,10 @@ import os
 import shutil
 
 import pytest
-from test_leaderboard import EVIL, known_rows, make_row, write_results
 
 from leaderboard.build import write_leaderboard
+
+from .test_leaderboard import EVIL, known_rows, make_row, write_results
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -83,6 +84,9 @@ def test_a_cells_details_show_configs_and_provenance(page):
     assert "git_commit" in text and "abc1234" in text and "cleanbench_version" in text
     assert "time_defense_s" in text and "results.csv:" in text
     dialog.get_by_role("button", name="close").click()
+    assert page.locator("dialog[open]").count() == 0
+    row.get_by_role("button", name="details").click()
+    page.mouse.click(5, 5)  # on the backdrop
     assert page.locator("dialog[open]").count() == 0
 
 

@@ -246,3 +246,12 @@ def test_two_files_merge_but_conflicting_cells_are_refused(tmp_path):
 def test_missing_results_file_is_a_user_error(cli, tmp_path):
     code, _, err = cli("leaderboard", tmp_path / "nowhere")
     assert code == 2 and "no results file at" in err
+
+
+def test_leaderboard_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, leaderboard.build, leaderboard.html, leaderboard.plots, leaderboard.summary; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
