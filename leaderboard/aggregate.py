@@ -33,6 +33,7 @@ higher mean CA over those attacks; a defense without a successful cell on one of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -187,7 +188,7 @@ def rank_defenses(cells: pd.DataFrame) -> pd.DataFrame:
     return ranking.sort_values(["preset", "rank", "defense"], na_position="last").reset_index(drop=True)
 
 
-def write_csv(board: Leaderboard, path: str) -> None:
+def write_csv(board: Leaderboard, path: Path) -> None:
     """Write ``leaderboard.csv`` (schema in this module's docstring) atomically."""
     from benchmark.storage import write_text_atomic
 
