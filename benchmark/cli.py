@@ -2,49 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
 from benchmark.cli_attacks import attacks_app
+from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
 from benchmark.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Backdoor attacks and defenses for CLIP, benchmarked end to end.")
 
 app.add_typer(attacks_app, name="attacks")
-
-PluginOption = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable).")
-NoAutoloadOption = typer.Option(False, "--no-plugin-autoload",
-                                help="Do not load plugins from installed packages (also: CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1).")
-
-
-def user_errors(command: Callable) -> Callable:
-    """Turn a :class:`UserError` into one line on stderr and exit code 2: no traceback for user mistakes."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except UserError as error:
-            typer.echo(f"error: {error}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
-def _load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
-    from benchmark import plugins as plugin_loader
-
-    failures = [] if no_autoload else plugin_loader.load_entry_points()
-    for spec in plugins or []:
-        failures += plugin_loader.load_plugin(spec)
-    for failure in failures:
-        typer.echo(f"warning: {failure.message()}", err=True)
-
 
 @app.command()
 @user_errors
@@ -73,7 +44,7 @@ def run(
     from defenses import DEFENSES
     from leaderboard.build import write_leaderboard
 
-    _load_plugins(plugin, no_plugin_autoload)
+    load_plugins(plugin, no_plugin_autoload)
     chosen_preset = load_preset(preset)
     if data_dir is not None:
         chosen_preset = dataclasses.replace(chosen_preset, data=dataclasses.replace(chosen_preset.data, data_dir=str(data_dir)))
@@ -146,7 +117,7 @@ def list_components(
     from rich.console import Console
     from rich.table import Table
 
-    _load_plugins(plugin, no_plugin_autoload)
+    load_plugins(plugin, no_plugin_autoload)
     table = Table(title=kind)
     if kind == "presets":
         from benchmark.presets import builtin_presets, load_preset

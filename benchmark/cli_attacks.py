@@ -11,12 +11,13 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.errors import UserError
+from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
 
 attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the registered attacks.")
 
 
 @attacks_app.command("show")
+@user_errors
 def show(
     names: str = typer.Argument("all", help="Comma-separated attack names, or 'all'."),
     out: Path = typer.Option(Path("trigger_gallery.png"), help="The PNG file to write."),
@@ -24,21 +25,15 @@ def show(
     count: int = typer.Option(4, min=1, max=32, help="Test images per attack."),
     seed: int = typer.Option(0, min=0, help="Seed of the attacks' fixed parts and of their per-image draws."),
     zoom: int = typer.Option(4, min=1, max=32, help="Each image pixel becomes zoom×zoom pixels."),
-    plugin: Optional[List[str]] = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable)."),
-    no_plugin_autoload: bool = typer.Option(False, "--no-plugin-autoload", help="Do not load plugins from installed packages."),
+    plugin: Optional[List[str]] = PluginOption,
+    no_plugin_autoload: bool = NoAutoloadOption,
 ) -> None:
     """Draw clean test images, the same images triggered, and the amplified difference, for each attack."""
-    from benchmark.cli import _load_plugins
+    from attacks import ATTACKS
+    from benchmark.gallery import draw_gallery
+    from benchmark.presets import load_preset
 
-    try:
-        from attacks import ATTACKS
-        from benchmark.gallery import draw_gallery
-        from benchmark.presets import load_preset
-
-        _load_plugins(plugin, no_plugin_autoload)
-        chosen = ATTACKS.resolve(names)
-        draw_gallery(load_preset(preset), chosen, out, count=count, seed=seed, zoom=zoom)
-    except UserError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(2) from None
+    load_plugins(plugin, no_plugin_autoload)
+    chosen = ATTACKS.resolve(names)
+    draw_gallery(load_preset(preset), chosen, out, count=count, seed=seed, zoom=zoom)
     typer.echo(f"wrote {out} ({', '.join(chosen)})")
