@@ -39,6 +39,13 @@ def _plan():
     return plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "finetune"], [0])
 
 
+def test_plan_always_includes_the_no_defense_reference_and_shares_victims():
+    plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["finetune"], [0, 1])
+    assert len(plan.victims) == 4  # (benign control + badnet) × 2 seeds: never attacks × defenses
+    assert sorted({cell.defense for cell in plan.cells}) == ["finetune", "none"]
+    assert len(plan.cells) == 8 and len({cell.key for cell in plan.cells}) == 8
+
+
 def test_second_run_trains_nothing(finished_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished_run, out)

@@ -21,6 +21,7 @@ from benchmark.storage import content_key
 from defenses import DEFENSES
 
 BENIGN = "none"  # the attack name of the benign control: a victim trained on clean pairs
+REFERENCE_DEFENSE = "none"  # the defense every other defense is compared with
 # Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
 ENGINE_VERSION = "1"
 
@@ -63,30 +64,32 @@ class Plan:
 
 
 def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: list[int], *,
-              attack_overrides: dict[str, Any] | None = None, image_size: int | None = None) -> Plan:
-    """Build and validate the plan. ``attack_overrides`` (``poison_rate``/``poison_count``) apply to every attack."""
+              attack_overrides: dict[str, Any] | None = None) -> Plan:
+    """Build and validate the plan. ``attack_overrides`` (``poison_rate``/``poison_count``) apply to every attack.
+
+    The no-defense reference (``none``) is always part of the grid: without it no ΔASR can be computed and no
+    one can tell whether an attack took, so no defense could be scored.
+    """
     if not seeds:
         raise UserError("no seeds given: use e.g. --seeds 0 or --seeds 0,1,2")
     if not defenses:
         raise UserError("no defenses given")
-    image_size = image_size or preset.data.image_size
+    defenses = list(dict.fromkeys([REFERENCE_DEFENSE, *defenses]))
     victims = [_victim(preset, BENIGN, seed, {}) for seed in seeds]
     for attack in attacks:
         settings = {**preset.attacks.get(attack, {}), **(attack_overrides or {})}
-        victims += [_victim(preset, attack, seed, settings, image_size) for seed in seeds]
-    cells = []
-    for victim in victims:
-        for defense in defenses:
-            cells.append(_cell(preset, victim, defense))
+        victims += [_victim(preset, attack, seed, settings) for seed in seeds]
+    cells = [_cell(preset, victim, defense) for victim in victims for defense in defenses]
     return Plan(preset, victims, cells)
 
 
-def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any], image_size: int = 0) -> VictimSpec:
+def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) -> VictimSpec:
     if attack == BENIGN:
         version, config, count = "-", {}, 0
     else:
         cls = ATTACKS.get(attack)
-        config = config_dict(cls.from_settings(settings, context=AttackContext(image_size, seed, torch.device("cpu"))).config)
+        context = AttackContext(preset.data.image_size, seed, torch.device("cpu"))
+        config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
         version, count = cls.version, poison_count(settings, preset.data.train_pairs, attack)
     key = content_key("victim", ENGINE_VERSION, config_dict(preset.data), config_dict(preset.text),
                       config_dict(preset.model), config_dict(preset.victim), attack, version, config, count, seed)
