@@ -14,7 +14,7 @@ from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.models import create_model, tokenizer_for
 from benchmark.progress import Reporter
-from benchmark.text_augment import EDA
+from benchmark.text_augment import EDA, default_wordnet
 from benchmark.training import Normalizer, clip_loss
 from benchmark.training_recipe import TrainRecipe
 from defenses import DEFENSES
@@ -107,11 +107,9 @@ def test_autoaugment_touches_only_the_augmented_view():
     assert changed >= 4  # AutoAugment's ImageNet policy changes most images
 
 
-def _batches(pairs: PairSet, model: nn.Module, redraw: bool, workers: int = 0) -> CleanCLIPBatches:
-    from benchmark.text_augment import default_wordnet
-
+def _batches(pairs: PairSet, model: nn.Module, redraw: bool) -> CleanCLIPBatches:
     return CleanCLIPBatches(pairs, tokenizer_for(MODEL), Normalizer(model), 8, seed=1, device=torch.device("cpu"),
-                            eda=EDA(0.3, default_wordnet()), redraw_text=redraw, num_workers=workers)
+                            eda=EDA(0.3, default_wordnet()), redraw_text=redraw, num_workers=0)
 
 
 def test_batches_keep_originals_and_captions_paired_and_untouched():
