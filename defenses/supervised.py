@@ -108,7 +108,8 @@ class LabelledBatches:
         order = torch.randperm(len(self.labels), generator=self.generator)
         for step in range(len(self)):
             idx = order[step * self.batch_size : (step + 1) * self.batch_size]
-            yield {"images": self.normalize(self.images[idx].to(self.device)), "labels": self.labels[idx].to(self.device)}
+            yield {"images": self.normalize(self.images[idx].to(self.device)),
+                   "labels": self.labels[idx].to(self.device)}
 
 
 def cross_entropy_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
