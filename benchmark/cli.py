@@ -42,6 +42,7 @@ def run(
     from benchmark.runner import plan_grid, run_plan
     from benchmark.task import build_task
     from defenses import DEFENSES
+    from benchmark.gallery import GALLERY_FILENAME, draw_gallery
     from leaderboard.build import write_leaderboard
 
     load_plugins(plugin, no_plugin_autoload)
@@ -65,6 +66,8 @@ def run(
     reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")
+    if attack_names:  # the leaderboard page embeds what each trigger looks like
+        draw_gallery(chosen_preset, attack_names, out / GALLERY_FILENAME)
     if (out / "results.csv").exists():
         reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
     if summary.cells_failed:

@@ -33,6 +33,7 @@ def test_run_tiny_grid_writes_one_row_per_cell(cli, test_preset, tmp_path):
     assert badnet.asr.between(0, 1).all() and badnet.n_triggered.gt(0).all()
     assert results[results.attack == "none"].asr.isna().all()
     assert "cleanbench results" in stdout
+    assert (out / "trigger_gallery.png").stat().st_size > 0 and "figure-trigger-gallery" in (out / "index.html").read_text()
 
 
 @pytest.mark.parametrize(
