@@ -37,6 +37,13 @@ class DefenseContext:
         return dataclasses.replace(self.recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def check_recipe_overrides(config: Any) -> None:
+    """Range-check a defense config's recipe overrides (fields named like :class:`TrainRecipe`'s) with the
+    recipe's own checks, so every defense validates them alike, at plan time, before any training."""
+    names = {field.name for field in dataclasses.fields(TrainRecipe)}
+    TrainRecipe(**{k: v for k, v in dataclasses.asdict(config).items() if k in names and v is not None})
+
+
 class Defense(ABC):
     """Base class: subclasses set ``name``, ``version``, a frozen ``Config`` dataclass and implement ``apply``."""
 

@@ -47,7 +47,7 @@ from benchmark.seeding import derive_seed
 from benchmark.text_augment import EDA
 from benchmark.training import Batch, Normalizer, PairBatches, clip_loss, train
 from defenses import DEFENSES
-from defenses.base import Defense, DefenseContext
+from defenses.base import Defense, DefenseContext, check_recipe_overrides
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,7 @@ class CleanCLIPConfig:
         check_range("inmodal_weight", self.inmodal_weight, 0.0, 1_000.0)
         if self.clip_weight == 0 and self.inmodal_weight == 0:
             raise UserError("clip_weight and inmodal_weight are both 0: the loss would be constant")
-        if self.epochs is not None:
-            check_range("epochs", self.epochs, 1, 10_000)
-        if self.lr is not None:
-            check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)
-        if self.batch_size is not None:
-            check_range("batch_size", self.batch_size, 2, 1_000_000)
+        check_recipe_overrides(self)
         check_range("eda_alpha", self.eda_alpha, 0.0, 1.0)
         check_range("num_workers", self.num_workers, 0, 256)
 

@@ -11,15 +11,15 @@ skips it, reference §3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from benchmark.config import check_range
 from benchmark.data.pairs import PairSet
 from benchmark.training import Normalizer, PairBatches, clip_loss, train
 from defenses import DEFENSES
-from defenses.base import Defense, DefenseContext
+from defenses.base import Defense, DefenseContext, check_recipe_overrides
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,10 @@ class FinetuneConfig:
     epochs: int | None = None
     lr: float | None = None
     batch_size: int | None = None
+    tuning: Literal["fixed-in-preset"] = "fixed-in-preset"  # how the recipe was chosen, recorded in the results
 
     def __post_init__(self) -> None:
-        if self.epochs is not None:
-            check_range("epochs", self.epochs, 1, 10_000)
-        if self.lr is not None:
-            check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)
-        if self.batch_size is not None:
-            check_range("batch_size", self.batch_size, 2, 1_000_000)
+        check_recipe_overrides(self)
 
 
 @DEFENSES.register()

@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import check_range
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
 from benchmark.training import Batch, Normalizer, train
 from defenses import DEFENSES
-from defenses.base import Defense, DefenseContext
+from defenses.base import Defense, DefenseContext, check_recipe_overrides
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,7 @@ class SupervisedConfig:
     tuning: Literal["fixed-in-preset"] = "fixed-in-preset"
 
     def __post_init__(self) -> None:
-        if self.epochs is not None:
-            check_range("epochs", self.epochs, 1, 10_000)
-        if self.lr is not None:
-            check_range("lr", self.lr, 0.0, 1.0, low_inclusive=False)
-        if self.batch_size is not None:
-            check_range("batch_size", self.batch_size, 2, 1_000_000)
-        if self.weight_decay is not None:
-            check_range("weight_decay", self.weight_decay, 0.0, 10.0)
+        check_recipe_overrides(self)
 
 
 class LinearProbeModel(nn.Module):
