@@ -55,7 +55,6 @@ class AttackContext:
     seed: int
     device: torch.device
     clean_pairs: PairSet | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
     model_name: str = ""  # the victim's open_clip architecture, for attacks that train a surrogate of it
 
 

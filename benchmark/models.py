@@ -27,13 +27,6 @@ def _register_configs() -> None:
         _registered = True
 
 
-def available_models() -> list[str]:
-    import open_clip
-
-    _register_configs()
-    return open_clip.list_models()
-
-
 def create_model(name: str, *, checkpoint: str = "", seed: int = 0) -> nn.Module:
     """A CLIP model of architecture ``name``: random init from ``seed``, or weights from ``checkpoint``.
 
@@ -63,11 +56,6 @@ def tokenizer_for(name: str):
 
     _register_configs()
     return open_clip.get_tokenizer(name)
-
-
-def image_size_of(model: nn.Module) -> int:
-    size = model.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)
 
 
 def save_state_dict(model: nn.Module, path: Path) -> None:

@@ -58,11 +58,6 @@ class Defense(ABC):
     def from_settings(cls, settings: dict[str, Any] | None) -> "Defense":
         return cls(build_config(cls.Config, settings, f"defenses.{cls.name}"))
 
-    @property
-    def uses_clean_data(self) -> bool:
-        """False for defenses that leave the model alone; the runner then skips the (cheap) clean-data setup."""
-        return True
-
     @abstractmethod
     def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
         """Return the defended model (the input may be modified in place)."""

@@ -24,9 +24,5 @@ class NoDefense(Defense):
     version = "1"
     Config = NoDefenseConfig
 
-    @property
-    def uses_clean_data(self) -> bool:
-        return False
-
     def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
         return model

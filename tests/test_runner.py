@@ -80,10 +80,6 @@ class ExplodingDefense(DEFENSES.get("none")):
 
     name = "exploding"
 
-    @property
-    def uses_clean_data(self) -> bool:
-        return True
-
     def apply(self, model, clean_data, context):
         raise RuntimeError("boom")
 

@@ -6,7 +6,6 @@ float images in [0, 1] and write back uint8.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -35,14 +34,6 @@ class PairSet:
 
     def copy(self) -> "PairSet":
         return PairSet(self.images.clone(), list(self.captions), self.labels.clone())
-
-    def fingerprint(self) -> str:
-        """A content hash (images, captions, labels) used in cache keys."""
-        digest = hashlib.sha256()
-        digest.update(self.images.numpy().tobytes())
-        digest.update("\n".join(self.captions).encode())
-        digest.update(self.labels.numpy().tobytes())
-        return digest.hexdigest()[:16]
 
 
 @dataclass
