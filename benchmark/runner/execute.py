@@ -82,13 +82,14 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
 
 
 def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance) -> None:
-    reused = [cell for cell in cells if store.cell_metrics(cell.key) is not None]
-    for cell in reused:  # metrics survived a crash that happened before the row was written
-        results.upsert(_row(plan, cell, Metrics.from_json(store.cell_metrics(cell.key)["metrics"]),
-                            store.cell_metrics(cell.key)["timing"], device, "ok", ""))
-        summary.cells_reused += 1
-        advance(1)
-    cells = [cell for cell in cells if cell not in reused]
+    cached = {cell.key: store.cell_metrics(cell.key) for cell in cells}
+    for cell in cells:  # metrics that survived a crash which came before the row was written
+        if cached[cell.key] is not None:
+            record = cached[cell.key]
+            results.upsert(_row(plan, cell, Metrics.from_json(record["metrics"]), record["timing"], device, "ok", ""))
+            summary.cells_reused += 1
+            advance(1)
+    cells = [cell for cell in cells if cached[cell.key] is None]
     if not cells:
         return
     try:
