@@ -8,6 +8,7 @@ metrics, and so redo only what a crash interrupted.
 from __future__ import annotations
 
 import copy
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from benchmark.metrics import Metrics, classifier_for, evaluate
 from benchmark.models import create_model, load_state_dict, save_state_dict, tokenizer_for
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit
-from benchmark.results import ResultsFile
+from benchmark.results import SCHEMA_VERSION, ResultsFile
 from benchmark.runner.lock import OutputLock
 from benchmark.runner.plan import BENIGN, CellSpec, Plan, VictimSpec
 from benchmark.runner.store import ArtifactStore
@@ -191,11 +192,9 @@ def _record_failure(plan, cell, error, store, results, device, reporter, summary
 
 def _row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], device: torch.device,
          status: str, reason: str) -> dict[str, Any]:
-    import json
-
     preset, victim = plan.preset, cell.victim
     row: dict[str, Any] = {
-        "schema_version": 1, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
         "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
         "target": preset.text.target, "poison_count": victim.poison_count,
         "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
