@@ -89,6 +89,16 @@ class ResultsFile:
         row = self.rows.get(cell_id)
         return row is not None and row["status"] == "ok"
 
+    def refuse_changed_configs(self, cells: list[tuple[str, str, str, int, str]]) -> None:
+        """Refuse to resume into this file under a changed config: a planned (preset, attack, defense, seed) whose
+        recorded row has another ``cell_id`` would mix two configurations in one results file."""
+        recorded = {(r["preset"], r["attack"], r["defense"], r["seed"]): r["cell_id"] for r in self.rows.values()}
+        for preset, attack, defense, seed, cell_id in cells:
+            other = recorded.get((preset, attack, defense, str(seed)))
+            if other is not None and other != cell_id:
+                raise UserError(f"{self.path} already holds {preset} / {attack} / {defense} seed {seed} under another "
+                                "config (preset, attack or defense settings changed); use another --out folder")
+
     def upsert(self, row: dict[str, Any]) -> None:
         """Add or replace the row of ``row['cell_id']`` and rewrite the file atomically."""
         missing = set(COLUMNS) - set(row)

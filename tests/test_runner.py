@@ -102,6 +102,17 @@ def test_failing_defense_marks_only_its_cells_failed(finished_run, tmp_path):
         assert "boom" in (out / "cache" / "cells" / cell_id / "error.txt").read_text()
 
 
+def test_resuming_under_a_changed_config_is_refused_before_anything_is_written(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    before = (out / "results.csv").read_bytes()
+    plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "finetune"], [0],
+                     attack_overrides={"poison_rate": 0.1})
+    with pytest.raises(UserError, match="badnet / none seed 0 under another config"):
+        run_plan(plan, out, CPU)
+    assert (out / "results.csv").read_bytes() == before
+
+
 def test_a_second_writer_is_refused(tmp_path):
     with OutputLock(tmp_path):
         with pytest.raises(UserError, match=f"in use by pid {os.getpid()}"):

@@ -63,7 +63,9 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     reporter = reporter or Reporter.silent()
     out_dir = Path(out_dir)
     summary = RunSummary()
-    ResultsFile(out_dir / "results.csv")  # refuse a foreign or other-version results file before writing anything
+    # Refuse a foreign, other-version or other-config results file before writing anything.
+    ResultsFile(out_dir / "results.csv").refuse_changed_configs(
+        [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
     task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
     with OutputLock(out_dir):
         results = ResultsFile(out_dir / "results.csv")
