@@ -6,6 +6,7 @@ cleanbench ships its tiny architectures as open_clip JSON configs (``benchmark/m
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def create_model(name: str, *, checkpoint: str = "", seed: int = 0) -> nn.Module
     return model
 
 
+@functools.lru_cache(maxsize=4)
 def tokenizer_for(name: str):
-    """open_clip's tokenizer for architecture ``name`` (context length from its config)."""
+    """open_clip's tokenizer for architecture ``name`` (context length from its config); built once per process,
+    since every victim and every grid cell asks for it and building it reads the BPE vocabulary."""
     import open_clip
 
     _register_configs()

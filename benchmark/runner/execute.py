@@ -7,7 +7,6 @@ metrics, and so redo only what a crash interrupted.
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import traceback
@@ -158,7 +157,7 @@ def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: Ar
     preset = plan.preset
     tokenizer = tokenizer_for(preset.model.name)
     model = create_model(preset.model.name)
-    model.load_state_dict(copy.deepcopy(victim.state))
+    model.load_state_dict(victim.state)  # copies the values: the shared victim state is never modified
     model.to(device).eval()
     defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
     seed = derive_seed(cell.victim.seed, "defense", cell.defense)
