@@ -1,4 +1,4 @@
-"""Victim models through open_clip: create (random init, open_clip pretrained tag, or local checkpoint), save, load.
+"""Victim models through open_clip: create (random init, open_clip pretrained tag, or a local weights file).
 
 cleanbench ships its tiny architectures as open_clip JSON configs (``benchmark/model_configs``) registered with
 ``open_clip.add_model_config``, so any open_clip architecture name works the same way.
@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from benchmark.checkpoints import load_weights, looks_like_path
 from benchmark.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -28,11 +29,12 @@ def _register_configs() -> None:
         _registered = True
 
 
-def create_model(name: str, *, checkpoint: str = "", seed: int = 0) -> nn.Module:
-    """A CLIP model of architecture ``name``: random init from ``seed``, or weights from ``checkpoint``.
+def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = False, seed: int = 0) -> nn.Module:
+    """A CLIP model of architecture ``name``: random init from ``seed``, or the weights ``pretrained`` names.
 
-    ``checkpoint`` is a local ``.safetensors`` file or a ``.pt``/``.bin`` state dict (loaded with
-    ``weights_only=True``: a pickle that would run code is refused).
+    ``pretrained`` is an open_clip pretrained tag (e.g. ``openai``, ``laion2b_s34b_b79k``; downloaded by open_clip
+    on first use) or a local weights file (see :mod:`benchmark.checkpoints` for the formats, and why TorchScript
+    needs ``allow_torchscript``).
     """
     import open_clip
 
@@ -45,10 +47,24 @@ def create_model(name: str, *, checkpoint: str = "", seed: int = 0) -> nn.Module
         raise UserError(f"Unknown model '{name}'.{hint} Run `python -c 'import open_clip; print(open_clip.list_models())'` for all.")
     torch.manual_seed(seed)
     logging.getLogger("root").setLevel(logging.ERROR)  # open_clip warns "No pretrained weights" at random init
+    if pretrained and not looks_like_path(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise UserError(f"model.pretrained = {pretrained!r} is neither a file nor a pretrained tag of {name}; "
+                            f"tags: {', '.join(tags) or 'none'}")
+        return open_clip.create_model(name, pretrained=pretrained, output_dict=True)
     model = open_clip.create_model(name, output_dict=True)
-    if checkpoint:
-        model.load_state_dict(load_state_dict(checkpoint))
+    if pretrained:
+        load_weights(model, pretrained, allow_torchscript=allow_torchscript)
     return model
+
+
+def model_from_spec(spec, seed: int = 0) -> nn.Module:
+    """The victim's starting model for a preset's ``[model]`` section: ``name``, ``pretrained`` (tag or file;
+    ``checkpoint`` is its older name for a file) and ``allow_torchscript``."""
+    pretrained = getattr(spec, "pretrained", "") or getattr(spec, "checkpoint", "")
+    return create_model(spec.name, pretrained=pretrained, allow_torchscript=getattr(spec, "allow_torchscript", False),
+                        seed=seed)
 
 
 @functools.lru_cache(maxsize=4)
@@ -59,33 +75,3 @@ def tokenizer_for(name: str):
 
     _register_configs()
     return open_clip.get_tokenizer(name)
-
-
-def save_state_dict(model: nn.Module, path: Path) -> None:
-    """Write ``model``'s weights as safetensors, atomically (temporary file, fsync, rename)."""
-    from safetensors.torch import save_file
-
-    from benchmark.storage import atomic_path
-
-    tensors = {key: value.detach().contiguous().cpu() for key, value in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Weights from a safetensors file or a plain/open_clip-style ``.pt`` state dict, never executing pickles."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises UnpicklingError and others for refused pickles
-        raise UserError(f"refused to load {path}: it is not a plain tensor checkpoint ({type(error).__name__}); "
-                        "convert it to safetensors") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    return {key.removeprefix("module."): value for key, value in state.items()}

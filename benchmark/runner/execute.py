@@ -21,9 +21,10 @@ from torch import nn
 from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
+from benchmark.checkpoints import read_state_dict, save_state_dict
 from benchmark.config import config_dict
 from benchmark.metrics import Metrics, classifier_for, evaluate
-from benchmark.models import create_model, load_state_dict, save_state_dict, tokenizer_for
+from benchmark.models import create_model, model_from_spec, tokenizer_for
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit
 from benchmark.results import SCHEMA_VERSION, ResultsFile
@@ -122,7 +123,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     if meta is not None:
         summary.victims_loaded += 1
         reporter.log(f"victim {spec.attack} seed {spec.seed}: reused from cache ({spec.key})")
-        return _Victim(load_state_dict(store.victim_dir(spec.key) / "model.safetensors"), meta, attack)
+        return _Victim(read_state_dict(store.victim_dir(spec.key) / "model.safetensors"), meta, attack)
 
     start = time.perf_counter()
     pairs = task.train_pairs
@@ -135,7 +136,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
         store.save_manifest(spec.key, manifest.to_json())
     time_poison = time.perf_counter() - start
 
-    model = create_model(preset.model.name, checkpoint=preset.model.checkpoint, seed=derive_seed(spec.seed, "init"))
+    model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
     model.to(device)
     tokenizer = tokenizer_for(preset.model.name)
     generator = torch.Generator().manual_seed(derive_seed(spec.seed, "victim-batches"))
