@@ -9,22 +9,52 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmark.faults import failpoint
+
+TEMP_SUFFIX = ".tmp"
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        failpoint(f"before-rename:{path.name}")
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete the temporary files of :func:`atomic_path` under ``root`` left by killed processes; returns how many.
+
+    A SIGKILL skips the ``finally`` that removes them; they are never read (only a completed rename publishes a
+    file), so they are only clutter. A temporary file of a process that is still alive is left alone.
+    """
+    removed = 0
+    for tmp in Path(root).rglob(f".*{TEMP_SUFFIX}"):
+        pid = tmp.name.removesuffix(TEMP_SUFFIX).rpartition(".")[2]
+        if tmp.is_file() and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    return True
 
 
 def write_text_atomic(path: Path, text: str) -> None:

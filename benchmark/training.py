@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmark.data.pairs import PairSet
+from benchmark.faults import failpoint
 from benchmark.progress import Reporter
 from benchmark.training_recipe import TrainRecipe
 
@@ -128,6 +129,7 @@ def train(
                     raise NonFiniteLossError(f"{description}: loss is {loss.item()} at step {step} (epoch {epoch + 1})")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                failpoint("train-step")  # a test kills here: mid-step, weights not yet updated
                 if recipe.grad_clip_norm > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
                 optimizer.step()
