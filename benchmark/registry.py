@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import re
 import sys
 from pathlib import Path
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from benchmark.errors import UserError
 
 T = TypeVar("T")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 
 
 @dataclass
@@ -65,6 +67,7 @@ class Registry(Generic[T]):
 
     def add(self, name: str, target: type[T] | str, *, source: str = "built-in") -> None:
         """Register ``target`` (a class or a lazy ``module:Class`` string) under ``name``."""
+        check_name(self.kind, name, source)
         existing = self._entries.get(name)
         if existing is not None and not _same_target(existing, target):
             raise UserError(
@@ -110,6 +113,15 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def check_name(kind: str, name: object, source: str) -> None:
+    """Refuse a name that is not a plain word. Names end up in results files, HTML, log lines and the commands
+    users copy; one with path syntax (``../evil``, ``/tmp/x``) is stopped here, so no code that ever builds a
+    path from a name can be led outside the output folder."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{kind} name {name!r} from {source} is not allowed: use letters, digits and - _ . + "
+                        "(at most 64, no '..')")
 
 
 def describe_origin(cls: type) -> str:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UserError
+from benchmark.faults import failpoint
 from benchmark.storage import write_text_atomic
 
 SCHEMA_VERSION = 1
@@ -110,6 +111,7 @@ class ResultsFile:
         writer.writeheader()
         writer.writerows(self.rows.values())
         write_text_atomic(self.path, buffer.getvalue())
+        failpoint("row-appended")
 
 
 def _format(value: Any) -> str:

@@ -23,6 +23,8 @@ from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
 from benchmark.checkpoints import read_state_dict, save_state_dict
 from benchmark.config import config_dict
+from benchmark.errors import UserError
+from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate
 from benchmark.models import create_model, model_from_spec, tokenizer_for
 from benchmark.progress import Reporter
@@ -32,6 +34,7 @@ from benchmark.runner.lock import OutputLock
 from benchmark.runner.plan import BENIGN, CellSpec, Plan, VictimSpec
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
+from benchmark.storage import remove_stale_temporaries
 from benchmark.task import Task, build_task
 from benchmark.training import Normalizer, PairBatches, train
 from defenses import DEFENSES
@@ -63,6 +66,8 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     reporter = reporter or Reporter.silent()
     out_dir = Path(out_dir)
     summary = RunSummary()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     # Refuse a foreign, other-version or other-config results file before writing anything.
     ResultsFile(out_dir / "results.csv").refuse_changed_configs(
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
@@ -70,6 +75,8 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     with OutputLock(out_dir):
         results = ResultsFile(out_dir / "results.csv")
         store = ArtifactStore(out_dir / "cache")
+        if remove_stale_temporaries(out_dir):
+            reporter.log("removed temporary files left by a killed run")
         pending = [cell for cell in plan.cells if not results.done(cell.key)]
         summary.cells_skipped = len(plan.cells) - len(pending)
         if summary.cells_skipped:
@@ -143,6 +150,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     batches = PairBatches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
     stats = train(model, batches, preset.victim, reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
     save_state_dict(model, store.victim_dir(spec.key) / "model.safetensors")
+    failpoint("checkpoint-saved")  # checkpoint in place, its meta.json (with the checksum) not yet written
     meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
             "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
             "images_per_second": stats.images_per_second, "device": str(device)}

@@ -74,6 +74,7 @@ def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: li
         raise UserError("no seeds given: use e.g. --seeds 0 or --seeds 0,1,2")
     if not defenses:
         raise UserError("no defenses given")
+    check_model(preset)
     defenses = list(dict.fromkeys([REFERENCE_DEFENSE, *defenses]))
     victims = [_victim(preset, BENIGN, seed, {}) for seed in seeds]
     for attack in attacks:
@@ -81,6 +82,31 @@ def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: li
         victims += [_victim(preset, attack, seed, settings) for seed in seeds]
     cells = [_cell(preset, victim, defense) for victim in victims for defense in defenses]
     return Plan(preset, victims, cells)
+
+
+def check_model(preset: Preset) -> None:
+    """Refuse a model the preset cannot use, before anything is written: an unknown architecture, an image size
+    its vision tower does not take (positional embeddings are sized for one resolution), or a weights file that
+    does not load safely into it (a failure inside the grid would only show up as failed rows)."""
+    import open_clip
+
+    from benchmark.checkpoints import looks_like_path
+    from benchmark.models import _register_configs, model_from_spec
+
+    _register_configs()
+    name = preset.model.name
+    config = open_clip.get_model_config(name)
+    if config is None:
+        model_from_spec(preset.model)  # raises the unknown-model message with its did-you-mean
+    size = config["vision_cfg"].get("image_size", preset.data.image_size)
+    sizes = set(size) if isinstance(size, (list, tuple)) else {size}
+    if sizes != {preset.data.image_size}:
+        raise UserError(f"data.image_size = {preset.data.image_size} does not fit model {name}, which takes "
+                        f"{'x'.join(map(str, size)) if isinstance(size, (list, tuple)) else size} px images; "
+                        f"set data.image_size = {min(sizes)} or choose another model")
+    weights = getattr(preset.model, "pretrained", "") or getattr(preset.model, "checkpoint", "")
+    if weights and looks_like_path(weights):
+        model_from_spec(preset.model)
 
 
 def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) -> VictimSpec:

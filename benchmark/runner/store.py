@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from benchmark.storage import write_json_atomic, write_text_atomic
+
+_KEY = re.compile(r"[0-9a-f]{16}")
 
 
 class ArtifactStore:
@@ -19,10 +22,10 @@ class ArtifactStore:
         self.root = Path(root)
 
     def victim_dir(self, key: str) -> Path:
-        return self.root / "victims" / key
+        return self.root / "victims" / _folder_name(key)
 
     def cell_dir(self, key: str) -> Path:
-        return self.root / "cells" / key
+        return self.root / "cells" / _folder_name(key)
 
     def victim_meta(self, key: str) -> dict[str, Any] | None:
         """The victim's meta if the victim is complete and its checkpoint intact, else None (retrain)."""
@@ -30,8 +33,8 @@ class ArtifactStore:
         checkpoint = self.victim_dir(key) / "model.safetensors"
         if not meta_path.exists() or not checkpoint.exists():
             return None
-        meta = json.loads(meta_path.read_text())
-        if sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
+        meta = _read_json(meta_path)
+        if meta is None or sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
             return None
         return meta
 
@@ -43,8 +46,8 @@ class ArtifactStore:
         write_json_atomic(self.victim_dir(key) / "poison_manifest.json", manifest)
 
     def cell_metrics(self, key: str) -> dict[str, Any] | None:
-        path = self.cell_dir(key) / "metrics.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        record = _read_json(self.cell_dir(key) / "metrics.json")
+        return record if record is not None and {"metrics", "timing"} <= set(record) else None
 
     def save_cell_metrics(self, key: str, record: dict[str, Any]) -> None:
         write_json_atomic(self.cell_dir(key) / "metrics.json", record)
@@ -53,6 +56,23 @@ class ArtifactStore:
         path = self.cell_dir(key) / "error.txt"
         write_text_atomic(path, text)
         return path
+
+
+def _folder_name(key: str) -> str:
+    """``key`` itself, checked to be a content hash: folder names are never built from names a plugin, a preset or
+    a results file chose, so nothing written here can land outside the cache (``..``, ``/``, absolute paths)."""
+    if not _KEY.fullmatch(key):
+        raise ValueError(f"{key!r} is not a cache key (16 hex digits)")
+    return key
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when missing or unreadable (damaged on disk: recompute, never trust)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def sha256_file(path: Path) -> str:
