@@ -39,6 +39,10 @@ def build_config(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Accept TOML/JSON/CLI values for simple annotated types, refusing anything that would silently change meaning."""
+    if dataclasses.is_dataclass(hint):  # a nested table, e.g. [data.train]
+        if not isinstance(value, dict):
+            raise UserError(f"{key} must be a table, got {value!r}")
+        return build_config(hint, value, key)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]

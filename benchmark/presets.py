@@ -18,18 +18,50 @@ from benchmark.training_recipe import TrainRecipe
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+PAIR_FORMATS = ("csv", "webdataset", "hf")  # image–caption pairs for training and the defenses' clean pairs
+EVAL_FORMATS = ("imagefolder", "imagenet", "hf")  # labelled images for zero-shot evaluation
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One data source on disk (or on the hub): its format, where it is, and which fields hold what.
+
+    ``path`` may contain ``${ENV_VAR}``; it is expanded (and checked) when the preset is resolved for a run,
+    so a preset can be listed without its data. Empty keys mean the format's default (see ``benchmark.data``).
+    """
+
+    format: str
+    path: str
+    split: str = ""  # hf: the split to read ("" = train for pairs, validation/test for evaluation)
+    image_key: str = ""  # csv/hf: the image column; webdataset: the image extension(s), e.g. "jpg;png"
+    caption_key: str = ""  # csv/hf: the caption column; webdataset: the caption extension
+    label_key: str = ""  # hf evaluation: the ClassLabel column
+    separator: str = ","  # csv: the field separator
+
+
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the images come from and how they are split into disjoint parts."""
+    """Where the images come from and how they are split into disjoint parts.
+
+    Either the built-in ``dataset`` (Fashion-MNIST with generated captions), or two sources: ``train`` (pairs,
+    split into victim-training, clean and nothing else) and ``eval`` (labelled images: validation + test).
+    A split whose decoded uint8 images fit in ``memory_gb`` is held in memory (the fast path); a larger one
+    is streamed from disk by DataLoader workers.
+    """
 
     dataset: str = "fashion-mnist"
     data_dir: str = ""
+    train: SourceSpec | None = None
+    eval: SourceSpec | None = None
     image_size: int = 32
     train_pairs: int = 20_000
     clean_pairs: int = 5_000
     val_pairs: int = 2_000
     test_images: int = 0  # 0 = the whole test split
     split_seed: int = 0
+    max_bad_images: int = 100  # corrupt or missing images skipped (with a warning each) before the run stops
+    memory_gb: float = 8.0
+    workers: int = 4  # DataLoader worker processes that decode images
 
     def __post_init__(self) -> None:
         check_range("image_size", self.image_size, 8, 4096)
@@ -37,6 +69,18 @@ class DataSpec:
         check_range("clean_pairs", self.clean_pairs, 0, None)
         check_range("val_pairs", self.val_pairs, 0, None)
         check_range("test_images", self.test_images, 0, None)
+        check_range("max_bad_images", self.max_bad_images, 0, None)
+        check_range("memory_gb", self.memory_gb, 0.0, None)
+        check_range("workers", self.workers, 0, 256)
+        if (self.train is None) != (self.eval is None):
+            raise UserError("train and eval sources go together: give both [data.train] and [data.eval], or neither")
+        for role, spec, formats in (("train", self.train, PAIR_FORMATS), ("eval", self.eval, EVAL_FORMATS)):
+            if spec is not None and spec.format not in formats:
+                raise UserError(f"{role}.format = {spec.format!r} is not supported; choose one of: {', '.join(formats)}")
+
+    @property
+    def uses_sources(self) -> bool:
+        return self.train is not None
 
 
 @dataclass(frozen=True)
@@ -49,22 +93,37 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TextSpec:
-    """Class names for the zero-shot classifier, and how training captions are written."""
+    """Class names for the zero-shot classifier, and how training captions are written.
 
-    classnames: tuple[str, ...]
-    synonyms: tuple[tuple[str, ...], ...]
-    caption_templates: tuple[str, ...]
-    eval_templates: tuple[str, ...]
-    target: str
+    With data sources, empty lists are filled from the evaluation set when the preset is resolved: its class
+    names and templates (OpenAI's 80 for ImageNet), one synonym per class, and caption templates = evaluation
+    templates (CleanCLIP's poisoned captions are the 80 ImageNet templates filled with the target, reference §1).
+    """
+
+    target: str = ""
+    classnames: tuple[str, ...] = ()
+    synonyms: tuple[tuple[str, ...], ...] = ()
+    caption_templates: tuple[str, ...] = ()
+    eval_templates: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if len(self.synonyms) != len(self.classnames):
+        if not self.target:
+            raise UserError("target is not set: name the backdoor's target class, e.g. target = \"banana\"")
+        if self.classnames and len(self.synonyms) != len(self.classnames):
             raise UserError(f"text.synonyms has {len(self.synonyms)} lists but there are {len(self.classnames)} classes")
-        if self.target not in self.classnames:
-            raise UserError(f"text.target = {self.target!r} is not a class; classes: {', '.join(self.classnames)}")
+        if self.classnames and self.target not in self.classnames:
+            raise UserError(unknown_class_message(self.target, self.classnames))
         for template in self.caption_templates + self.eval_templates:
             if "{}" not in template:
                 raise UserError(f"template {template!r} has no '{{}}' for the class name")
+
+
+def unknown_class_message(target: str, classnames: tuple[str, ...] | list[str]) -> str:
+    """One line naming the missing target and the closest class names (an ImageNet list is too long to print)."""
+    close = difflib.get_close_matches(target, list(classnames), n=5, cutoff=0.6)
+    hint = f" Close matches: {', '.join(close)}." if close else ""
+    listing = f" Classes: {', '.join(classnames)}." if len(classnames) <= 20 else f" ({len(classnames)} classes.)"
+    return f"target class {target!r} is not a class of the evaluation set.{hint}{listing}"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """A preset's data made concrete: disjoint victim-training pairs, clean defense pairs, validation and test sets.
 
 The split and the captions depend only on the preset (``split_seed``), never on the run's seed, so every cell
-of a grid sees the same clean pairs and the same test set.
+of a grid sees the same clean pairs and the same test set. Two kinds of preset: the built-in Fashion-MNIST
+(captions generated from the labels) and presets with data sources (CSV, WebDataset, Hugging Face pairs;
+ImageFolder, ImageNet, Hugging Face evaluation sets), split in :mod:`benchmark.data.source_splits`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 from benchmark.data.captions import CaptionWriter
 from benchmark.data.fashion_mnist import load_fashion_mnist
+from benchmark.data.loader import StreamingPairs
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.config import config_dict
 from benchmark.errors import UserError
@@ -25,9 +28,9 @@ DATASETS = ("fashion-mnist",)
 class Task:
     """Everything the grid's cells share for one preset."""
 
-    preset: Preset
-    train_pairs: PairSet
-    clean_pairs: PairSet
+    preset: Preset  # resolved: data paths expanded, class names filled in from the evaluation set
+    train_pairs: PairSet | StreamingPairs  # streamed when too large for memory (see source_splits)
+    clean_pairs: PairSet | StreamingPairs
     val_set: EvalSet
     test_set: EvalSet
     captions: CaptionWriter
@@ -42,11 +45,23 @@ _TASKS: dict[str, Task] = {}
 
 def build_task(preset: Preset) -> Task:
     """Load and split the preset's dataset; memoised on what determines it (data and text specs)."""
+    if preset.data.uses_sources:
+        from benchmark.data.resolve import resolve_preset
+
+        preset = resolve_preset(preset)
     key = content_key(config_dict(preset.data), config_dict(preset.text))
     if key not in _TASKS:
         _TASKS.clear()  # keep at most one materialised dataset in memory
-        _TASKS[key] = _materialise(preset)
+        _TASKS[key] = _from_sources(preset) if preset.data.uses_sources else _materialise(preset)
     return _TASKS[key]
+
+
+def _from_sources(preset: Preset) -> Task:
+    from benchmark.data.source_splits import build_source_splits
+
+    splits = build_source_splits(preset)
+    return Task(preset, splits.train_pairs, splits.clean_pairs, splits.val_set, splits.test_set,
+                CaptionWriter(preset.text.caption_templates, preset.text.synonyms))
 
 
 def _materialise(preset: Preset) -> Task:
@@ -65,6 +80,8 @@ def _materialise(preset: Preset) -> Task:
         raise UserError(f"data.test_images = {data.test_images} exceeds the {len(test.labels)} test images")
     if len(test.labels) == 0 or len(train.labels) == 0:
         raise UserError(f"dataset {data.dataset} is empty")
+    if not preset.text.classnames:
+        raise UserError(f"preset {preset.name}: text.classnames (and synonyms, templates) are needed for {data.dataset}")
 
     generator = torch.Generator().manual_seed(data.split_seed)
     order = torch.randperm(len(train.labels), generator=generator)
