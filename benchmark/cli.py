@@ -10,12 +10,14 @@ import typer
 
 from benchmark.cli_attacks import attacks_app
 from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli_validate import DataOption, preset_for_run, validate_command
 from benchmark.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Backdoor attacks and defenses for CLIP, benchmarked end to end.")
 
 app.add_typer(attacks_app, name="attacks")
+app.command("validate")(validate_command)
 
 @app.command()
 @user_errors
@@ -29,15 +31,13 @@ def run(
     poison_rate: Optional[float] = typer.Option(None, help="Override every attack's poison rate, in (0, 1]."),
     poison_count: Optional[int] = typer.Option(None, help="Override every attack's poison count."),
     data_dir: Optional[Path] = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX)."),
+    data: Optional[List[str]] = DataOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
-    import dataclasses
-
     from attacks import ATTACKS
     from benchmark.device import resolve_device
-    from benchmark.presets import load_preset
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
     from benchmark.task import build_task
@@ -46,9 +46,7 @@ def run(
     from leaderboard.build import write_leaderboard
 
     load_plugins(plugin, no_plugin_autoload)
-    chosen_preset = load_preset(preset)
-    if data_dir is not None:
-        chosen_preset = dataclasses.replace(chosen_preset, data=dataclasses.replace(chosen_preset.data, data_dir=str(data_dir)))
+    chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
     overrides = {}
     if poison_rate is not None:
         overrides["poison_rate"] = poison_rate

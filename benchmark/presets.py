@@ -89,6 +89,7 @@ class ModelSpec:
 
     name: str = "cleanbench-vit-tiny"
     checkpoint: str = ""  # a local .safetensors / .pt file to start from instead of random init
+    pretrained: str = ""  # an open_clip pretrained tag (e.g. "openai") or a weights file; read by benchmark.models
 
 
 @dataclass(frozen=True)

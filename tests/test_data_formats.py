@@ -183,12 +183,12 @@ def test_large_splits_stream_and_small_ones_stay_in_memory(datasets_dir):
                       clean_pairs=8, memory_gb=0.0001)  # 100 kB at 3 kB per 32 px image: 8 or 30 fit, 40 do not
     preset = resolve_preset(parse_preset(raw))
     pairs, images = (open_source(preset.data.train, "train"), open_source(preset.data.eval, "eval"))
-    plan = plan_splits(preset.data, pairs, images)
+    plan = plan_splits(preset.data, len(pairs), len(images))
     assert plan.streamed == ("train",) and plan.source_pairs == PAIRS
     too_big = resolve_preset(parse_preset(preset_toml(source("csv", datasets_dir), source("imagefolder", datasets_dir),
                                                       train_pairs=40)))
     with pytest.raises(UserError, match="train_pairs \\+ data.clean_pairs = 56 exceeds the 48 pairs"):
-        plan_splits(too_big.data, pairs, images)
+        plan_splits(too_big.data, len(pairs), len(images))
 
 
 def test_webdataset_counts_come_from_img2dataset_stats(tmp_path):

@@ -21,7 +21,7 @@ import torch
 
 from benchmark.data.loader import BadImageBudget, StreamingPairs, materialise
 from benchmark.data.pairs import EvalSet, PairSet
-from benchmark.data.sources import Source, open_source
+from benchmark.data.sources import open_source
 from benchmark.errors import UserError
 from benchmark.presets import DataSpec, Preset
 
@@ -45,16 +45,16 @@ def split_bytes(count: int, data: DataSpec) -> float:
     return count * 3 * data.image_size**2
 
 
-def plan_splits(data: DataSpec, pairs: Source, images: Source) -> SplitPlan:
-    """Check the requested sizes against the sources; which pair splits stream."""
+def plan_splits(data: DataSpec, pair_count: int, image_count: int) -> SplitPlan:
+    """Check the requested sizes against the sources' counts; which pair splits stream."""
     needed = data.train_pairs + data.clean_pairs
-    if needed > len(pairs):
-        raise UserError(f"data.train_pairs + data.clean_pairs = {needed} exceeds the {len(pairs)} pairs in "
+    if needed > pair_count:
+        raise UserError(f"data.train_pairs + data.clean_pairs = {needed} exceeds the {pair_count} pairs in "
                         f"{data.train.path}")
-    available = len(images) - data.val_pairs
+    available = image_count - data.val_pairs
     test = data.test_images or available
     if available < 1 or test > available:
-        raise UserError(f"data.val_pairs + data.test_images = {data.val_pairs + test} exceeds the {len(images)} "
+        raise UserError(f"data.val_pairs + data.test_images = {data.val_pairs + test} exceeds the {image_count} "
                         f"images in {data.eval.path}")
     if split_bytes(data.val_pairs + test, data) > data.memory_gb * GB:
         raise UserError(f"the evaluation images ({data.val_pairs + test} at {data.image_size} px = "
@@ -62,7 +62,7 @@ def plan_splits(data: DataSpec, pairs: Source, images: Source) -> SplitPlan:
                         f"{data.memory_gb}: raise it or lower data.test_images")
     streamed = tuple(name for name, count in (("train", data.train_pairs), ("clean", data.clean_pairs))
                      if split_bytes(count, data) > data.memory_gb * GB)
-    return SplitPlan(data.train_pairs, data.clean_pairs, data.val_pairs, test, len(pairs), len(images), streamed)
+    return SplitPlan(data.train_pairs, data.clean_pairs, data.val_pairs, test, pair_count, image_count, streamed)
 
 
 @dataclass
@@ -80,7 +80,7 @@ def build_source_splits(preset: Preset) -> SourceSplits:
     """Open, split and decode (or prepare to stream) a resolved preset's sources."""
     data, text = preset.data, preset.text
     pairs, images = open_source(data.train, "train"), open_source(data.eval, "eval")
-    plan = plan_splits(data, pairs, images)
+    plan = plan_splits(data, len(pairs), len(images))
     generator = torch.Generator().manual_seed(data.split_seed)
     pair_order = torch.randperm(len(pairs), generator=generator).numpy()
     image_order = torch.randperm(len(images), generator=generator).numpy()

@@ -1,0 +1,139 @@
+"""``cleanbench validate``: check a whole run (names, configs, every data path, the target class, split sizes)
+and describe what it would do, before any GPU is touched or anything is trained.
+
+Problems are gathered, not stopped at: names and configs are checked even when a data path is missing, and every
+missing path is listed, so one call tells a user everything to fix. Counting reads only what is cheap: CSV rows,
+img2dataset's shard statistics (the shards' tar headers otherwise), folder listings, Arrow metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from benchmark.errors import UserError
+from benchmark.presets import Preset, SourceSpec
+from benchmark.runner.plan import REFERENCE_DEFENSE, Plan
+
+
+@dataclass
+class Report:
+    """What ``validate`` found: the problems (each one line) and the description of the run."""
+
+    problems: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def count_items(spec: SourceSpec, role: str) -> int:
+    """How many pairs or images a source holds, as cheaply as its format allows."""
+    from benchmark.data.sources import open_source
+
+    if spec.format == "webdataset":
+        from benchmark.data.webdataset_pairs import count_pairs
+
+        counted = count_pairs(spec.path)
+        if counted is not None:
+            return counted
+    return len(open_source(spec, role))
+
+
+def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
+             overrides: tuple[str, ...] = (), attack_overrides: dict[str, Any] | None = None) -> Report:
+    """Check everything a run of this grid needs; describe its data, cells, victims and optimizer steps.
+
+    ``attacks`` and ``defenses`` are the CLI's comma-separated lists ("all"; "none" for no attack).
+    """
+    from attacks import ATTACKS
+    from benchmark.data.resolve import resolve_preset
+    from benchmark.runner import plan_grid
+    from defenses import DEFENSES
+
+    report = Report()
+
+    def grid() -> Plan:
+        attack_names = [] if attacks.strip() == "none" else _attempt(report, lambda: ATTACKS.resolve(attacks))
+        defense_names = _attempt(report, lambda: DEFENSES.resolve(defenses))
+        if attack_names is None or defense_names is None:
+            return None
+        return plan_grid(preset, attack_names, defense_names, seeds, attack_overrides=attack_overrides)
+
+    plan = _attempt(report, grid)
+    resolved = _attempt(report, lambda: resolve_preset(preset, overrides))
+    if resolved is not None:
+        report.lines += _attempt(report, lambda: _describe_data(resolved)) or []
+    if plan is not None:
+        report.lines += _describe_grid(plan)
+    return report
+
+
+def _attempt(report: Report, check):
+    try:
+        return check()
+    except UserError as error:
+        report.problems.append(str(error))
+        return None
+
+
+def _describe_data(preset: Preset) -> list[str]:
+    data, text = preset.data, preset.text
+    if not data.uses_sources:
+        from benchmark.task import build_task
+
+        task = build_task(preset)  # the built-in set is small: load and split it for real
+        return [f"data: {data.dataset}: {len(task.train_pairs)} victim-training pairs, {len(task.clean_pairs)} clean, "
+                f"{len(task.val_set)} validation, {len(task.test_set)} test images (in memory)",
+                f"target: {text.target} (class {preset.target_index} of {len(text.classnames)})"]
+    from benchmark.data.source_splits import plan_splits
+
+    pairs, images = count_items(data.train, "train"), count_items(data.eval, "eval")
+    split = plan_splits(data, pairs, images)
+
+    def where(name: str) -> str:
+        return "streamed" if name in split.streamed else "in memory"
+
+    return [
+        f"data.train: {data.train.format} {data.train.path}: {pairs:,} pairs → {split.train_pairs:,} victim-training "
+        f"({where('train')}), {split.clean_pairs:,} clean ({where('clean')})",
+        f"data.eval: {data.eval.format} {data.eval.path}: {images:,} images → {split.val_images:,} validation, "
+        f"{split.test_images:,} test (in memory)",
+        f"images: {data.image_size} px; up to {data.max_bad_images} unreadable images skipped; {data.workers} workers",
+        f"target: {text.target} (class {preset.target_index} of {len(text.classnames)}); "
+        f"{len(text.eval_templates)} zero-shot templates",
+    ]
+
+
+def _describe_grid(plan: Plan) -> list[str]:
+    from defenses import DEFENSES
+
+    preset = plan.preset
+    weights = getattr(preset.model, "pretrained", "") or preset.model.checkpoint
+    victim_steps = preset.data.train_pairs // preset.victim.batch_size * preset.victim.epochs
+    attacks = sorted({v.attack for v in plan.victims})
+    seeds = sorted({v.seed for v in plan.victims})
+    defenses = list(dict.fromkeys(cell.defense for cell in plan.cells))
+    lines = [
+        f"model: {preset.model.name} ({'from ' + weights if weights else 'random init, trained from scratch'})",
+        f"grid: {len(plan.cells)} cells = {len(attacks)} attacks (incl. the benign control 'none') × "
+        f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims)} victims to train",
+        f"victim training: {preset.data.train_pairs:,} pairs / batch {preset.victim.batch_size} × "
+        f"{preset.victim.epochs} epochs = {victim_steps:,} steps per victim, {victim_steps * len(plan.victims):,} in all",
+    ]
+    defense_steps = 0
+    for name in defenses:
+        if name == REFERENCE_DEFENSE:
+            continue
+        config = DEFENSES.get(name).from_settings(preset.defenses.get(name, {})).config
+        epochs = getattr(config, "epochs", None) or preset.finetune.epochs
+        batch = getattr(config, "batch_size", None) or preset.finetune.batch_size
+        steps = preset.data.clean_pairs // batch * epochs
+        cells = sum(1 for cell in plan.cells if cell.defense == name)
+        defense_steps += steps * cells
+        lines.append(f"defense {name}: {preset.data.clean_pairs:,} clean pairs / batch {batch} × {epochs} epochs "
+                     f"≈ {steps:,} steps per cell × {cells} cells")
+    lines.append(f"estimated optimizer steps: {victim_steps * len(plan.victims) + defense_steps:,} "
+                 f"(victims {victim_steps * len(plan.victims):,}, defenses {defense_steps:,})")
+    return lines
