@@ -58,9 +58,7 @@ def run(
     torch_device = resolve_device(device)
     build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
     reporter = Reporter()
-    reporter.log(f"plan: preset {chosen_preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
-                 f"device {torch_device}, output {out}")
-    summary = run_plan(plan, out, torch_device, reporter)
+    summary = run_plan(plan, out, torch_device, reporter)  # logs the plan once the output folder is checked and locked
     reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")

@@ -73,6 +73,8 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
     task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
     with OutputLock(out_dir):
+        reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
+                     f"device {device}, output {out_dir}")
         results = ResultsFile(out_dir / "results.csv")
         store = ArtifactStore(out_dir / "cache")
         if remove_stale_temporaries(out_dir):
