@@ -42,8 +42,9 @@ def run(
     from benchmark.runner import plan_grid, run_plan
     from benchmark.task import build_task
     from defenses import DEFENSES
-    from benchmark.gallery import GALLERY_FILENAME, draw_gallery
+    from benchmark.gallery import draw_gallery
     from leaderboard.build import write_leaderboard
+    from leaderboard.html import GALLERY
 
     load_plugins(plugin, no_plugin_autoload)
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
@@ -63,7 +64,7 @@ def run(
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")
     if attack_names:  # the leaderboard page embeds what each trigger looks like
-        draw_gallery(chosen_preset, attack_names, out / GALLERY_FILENAME)
+        draw_gallery(chosen_preset, attack_names, out / GALLERY)
     if (out / "results.csv").exists():
         reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
     if summary.cells_failed:

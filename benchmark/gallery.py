@@ -20,7 +20,6 @@ from benchmark.data.pairs import EvalSet, to_float, to_uint8
 from benchmark.presets import Preset
 from benchmark.seeding import derive_seed
 
-GALLERY_FILENAME = "trigger_gallery.png"  # the name the leaderboard embeds from a run's output folder
 ROWS = ("clean", "triggered", "difference")
 MAX_AMPLIFY = 255.0
 

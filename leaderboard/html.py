@@ -21,7 +21,7 @@ from leaderboard.aggregate import NO_DEFENSE, Leaderboard
 from leaderboard.load import BENIGN_ATTACK
 from leaderboard.plots import FIGURES
 
-GALLERY = "trigger_gallery.png"
+GALLERY = "trigger_gallery.png"  # drawn by `cleanbench run` into its output folder; the page embeds it
 PROVENANCE = ["cell_id", "status", "reason", "ca", "asr", "delta_ca", "delta_asr", "der", "n_clean", "n_triggered",
               "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "device", "cleanbench_version",
               "git_commit", "victim_key", "finished_at"]
