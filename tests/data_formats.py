@@ -117,3 +117,35 @@ def write_imagenet(root: Path, count: int) -> Path:
     for number, (image, label) in enumerate(labelled(count)):
         image.save(root / wnids[IMAGENET_INDEX[list(CLASSES)[label]]] / f"ILSVRC2012_val_{number:08d}.JPEG", "JPEG")
     return root
+
+
+def preset_text(train: str, eval_: str, *, target: str = "banana", **data) -> str:
+    """A preset TOML for these tiny datasets: the tiny ViT at 32 px, two short recipes, 4 BadNet poisons.
+
+    ``train``/``eval_`` are TOML inline tables (``{format = "csv", path = "..."}``); ``data`` overrides keys of
+    the [data] table (sizes, memory_gb, ...).
+    """
+    sizes = {"image_size": 32, "train_pairs": 32, "clean_pairs": 16, "val_pairs": 6, "workers": 0, **data}
+    lines = "\n".join(f"{key} = {value!r}" for key, value in sizes.items())
+    return f"""
+name = "formats-test"
+[data]
+train = {train}
+eval = {eval_}
+{lines}
+[model]
+name = "cleanbench-vit-tiny"
+[text]
+target = "{target}"
+eval_templates = ["a photo of a {{}}."]
+[victim]
+epochs = 1
+batch_size = 8
+lr = 1e-3
+[finetune]
+epochs = 1
+batch_size = 8
+lr = 1e-4
+[attacks.badnet]
+poison_count = 4
+"""

@@ -40,34 +40,7 @@ def preset_toml(train: str, eval_: str, *, target: str = "banana", **data) -> di
     """A preset for the tiny datasets (as parsed TOML); ``data`` overrides keys of its [data] table."""
     import tomllib
 
-    raw = tomllib.loads(f"""
-name = "formats-test"
-[data]
-train = {train}
-eval = {eval_}
-image_size = 32
-train_pairs = 32
-clean_pairs = 16
-val_pairs = 6
-workers = 0
-[model]
-name = "cleanbench-vit-tiny"
-[text]
-target = "{target}"
-eval_templates = ["a photo of a {{}}."]
-[victim]
-epochs = 1
-batch_size = 8
-lr = 1e-3
-[finetune]
-epochs = 1
-batch_size = 8
-lr = 1e-4
-[attacks.badnet]
-poison_count = 4
-""")
-    raw["data"].update(data)
-    return raw
+    return tomllib.loads(make.preset_text(train, eval_, target=target, **data))
 
 
 SOURCES = {
