@@ -1,0 +1,118 @@
+"""DistributedDataParallel on the CPU (gloo, 2 processes): the loss curve and the weights match one process
+training on the same global batches, because each rank takes its share of every global batch and the CLIP loss
+gathers the features, so its logits span the whole batch.
+
+Tolerance: per-step losses within 1e-5 absolute and final weights within 1e-4 (two ranks sum the gradient in
+another order than one process does; float32 rounding is all that differs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from benchmark.data.pairs import PairSet
+from benchmark.models import create_model, tokenizer_for
+from benchmark.training import Normalizer, PairBatches, clip_loss, train
+from benchmark.training_recipe import TrainRecipe
+
+MODEL = "cleanbench-vit-tiny"
+WORLD_SIZE = 2
+RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=3e-3, warmup_steps=1)  # 64 pairs: 4 steps per epoch, 8 in all
+LOSS_TOLERANCE = 1e-5
+WEIGHT_TOLERANCE = 1e-4
+
+
+def _pairs() -> PairSet:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 8
+    noise = torch.randint(0, 64, (64, 3, 32, 32), generator=generator)
+    images = (labels.view(-1, 1, 1, 1) * 24 + noise).to(torch.uint8)  # each class its own brightness: learnable
+    words = ["bag", "coat", "shirt", "dress", "sandal", "sneaker", "trousers", "pullover"]
+    return PairSet(images, [f"a photo of a {word}." for word in words * 8], labels)
+
+
+def _batches(model: torch.nn.Module) -> PairBatches:
+    return PairBatches(_pairs(), tokenizer_for(MODEL), Normalizer(model), RECIPE.batch_size,
+                       torch.Generator().manual_seed(7), torch.device("cpu"))
+
+
+def _run(batches_of) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Train the tiny model from one seed; returns the loss of every step and the final weights."""
+    model = create_model(MODEL, seed=0)
+    losses: list[float] = []
+
+    def recording_loss(net, batch):
+        loss = clip_loss(net, batch)
+        losses.append(loss.item())
+        return loss
+
+    train(model, batches_of(model), RECIPE, loss_fn=recording_loss)
+    return losses, model.state_dict()
+
+
+def _global_batches(model: torch.nn.Module) -> "_Replay":
+    """The same global batches as plain dicts, one list per epoch: the training loop must shard them itself."""
+    batches = _batches(model)
+    with _single_process():
+        return _Replay([list(batches) for _ in range(RECIPE.epochs)])
+
+
+class _Replay:
+    """Batches with no ``sharded`` flag: each pass yields the next epoch's precomputed global batches."""
+
+    def __init__(self, epochs: list[list[dict[str, torch.Tensor]]]) -> None:
+        self.epochs = epochs
+
+    def __len__(self) -> int:
+        return len(self.epochs[0])
+
+    def __iter__(self):
+        return iter(self.epochs.pop(0))
+
+
+class _single_process:
+    """Build batches as one process would (the global batch), even inside a process group."""
+
+    def __enter__(self):
+        import benchmark.distributed as distributed
+
+        self.module, self.world = distributed, distributed.world
+        distributed.world = lambda: distributed.World()
+        return self
+
+    def __exit__(self, *exc):
+        self.module.world = self.world
+
+
+def _worker(rank: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        for name, batches_of in (("sharded", _batches), ("plain", _global_batches)):
+            losses, state = _run(batches_of)
+            if rank == 0:
+                torch.save(state, Path(out_dir) / f"{name}.pt")
+                (Path(out_dir) / f"{name}.json").write_text(json.dumps(losses))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    reference_losses, reference_state = _run(_batches)
+    assert len(reference_losses) == 8
+    for name in ("sharded", "plain"):
+        losses = json.loads((tmp_path / f"{name}.json").read_text())
+        state = torch.load(tmp_path / f"{name}.pt", weights_only=True)
+        assert len(losses) == len(reference_losses)
+        assert max(abs(a - b) for a, b in zip(losses, reference_losses)) < LOSS_TOLERANCE, (name, losses)
+        assert max((state[k] - reference_state[k]).abs().max().item() for k in state) < WEIGHT_TOLERANCE, name
+    # Training moved the weights and the loss far beyond the tolerances, so the agreement above is not vacuous.
+    initial = create_model(MODEL, seed=0).state_dict()
+    assert max((reference_state[k] - initial[k]).abs().max().item() for k in initial) > 100 * WEIGHT_TOLERANCE
+    assert max(reference_losses) - min(reference_losses) > 1000 * LOSS_TOLERANCE
