@@ -81,7 +81,7 @@ def _materialise(preset: Preset) -> Task:
     if len(test.labels) == 0 or len(train.labels) == 0:
         raise UserError(f"dataset {data.dataset} is empty")
     if not preset.text.classnames:
-        raise UserError(f"preset {preset.name}: text.classnames (and synonyms, templates) are needed for {data.dataset}")
+        raise UserError(f"preset {preset.name}: {data.dataset} needs text.classnames, synonyms and templates")
 
     generator = torch.Generator().manual_seed(data.split_seed)
     order = torch.randperm(len(train.labels), generator=generator)

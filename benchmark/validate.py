@@ -120,7 +120,8 @@ def _describe_grid(plan: Plan) -> list[str]:
         f"grid: {len(plan.cells)} cells = {len(attacks)} attacks (incl. the benign control 'none') × "
         f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims)} victims to train",
         f"victim training: {preset.data.train_pairs:,} pairs / batch {preset.victim.batch_size} × "
-        f"{preset.victim.epochs} epochs = {victim_steps:,} steps per victim, {victim_steps * len(plan.victims):,} in all",
+        f"{preset.victim.epochs} epochs = {victim_steps:,} steps per victim, "
+        f"{victim_steps * len(plan.victims):,} in all",
     ]
     defense_steps = 0
     for name in defenses:

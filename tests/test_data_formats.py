@@ -171,3 +171,12 @@ def test_webdataset_counts_come_from_img2dataset_stats(tmp_path):
     assert count_pairs(str(path)) == 25 == len(open_source(SourceSpec("webdataset", str(path)), "train"))
     (path / "00001_stats.json").unlink()
     assert count_pairs(str(path)) is None
+
+
+def test_unknown_format_or_a_lone_source_is_refused_when_the_preset_is_read(datasets_dir):
+    with pytest.raises(UserError, match="train.format = 'parquet' is not supported; choose one of: csv, webdataset, hf"):
+        parse_preset(preset_toml('{format = "parquet", path = "x"}', source("imagenet", datasets_dir)))
+    raw = preset_toml(source("csv", datasets_dir), source("imagenet", datasets_dir))
+    del raw["data"]["eval"]
+    with pytest.raises(UserError, match="give both \\[data.train\\] and \\[data.eval\\]"):
+        parse_preset(raw)

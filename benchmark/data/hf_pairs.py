@@ -32,7 +32,7 @@ class HfSource(Source):
         self.name = path
         dataset = _load(path, split, role)
         features = dataset.features
-        self.image_key = image_key or _first(features, lambda f: isinstance(f, datasets.Image), "Image", path)
+        self.image_key = image_key or _first(features, datasets.Image, path)
         self._require(features, self.image_key)
         if role == "train":
             self.text_key = caption_key or next((c for c in CAPTION_COLUMNS if c in features), "")
@@ -40,7 +40,7 @@ class HfSource(Source):
                 raise UserError(f"Hugging Face dataset {path} has no caption column ({', '.join(CAPTION_COLUMNS)}); "
                                 f"its columns: {', '.join(features)} (set caption_key of the source)")
         else:
-            self.text_key = label_key or _first(features, lambda f: isinstance(f, datasets.ClassLabel), "ClassLabel", path)
+            self.text_key = label_key or _first(features, datasets.ClassLabel, path)
             feature = features.get(self.text_key)
             if not isinstance(feature, datasets.ClassLabel):
                 raise UserError(f"column {self.text_key!r} of {path} is not a ClassLabel, so it has no class names")
@@ -53,7 +53,8 @@ class HfSource(Source):
 
     def _require(self, features, key: str) -> None:
         if key not in features:
-            raise UserError(f"Hugging Face dataset {self.name} has no column {key!r}; its columns: {', '.join(features)}")
+            raise UserError(f"Hugging Face dataset {self.name} has no column {key!r}; "
+                            f"its columns: {', '.join(features)}")
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -98,8 +99,9 @@ def _load(path: str, split: str, role: str):
     return loaded
 
 
-def _first(features, test, kind: str, path: str) -> str:
+def _first(features, kind: type, path: str) -> str:
+    """The first column whose feature is a ``kind`` (``datasets.Image``, ``datasets.ClassLabel``)."""
     for name, feature in features.items():
-        if test(feature):
+        if isinstance(feature, kind):
             return name
-    raise UserError(f"Hugging Face dataset {path} has no {kind} column; its columns: {', '.join(features)}")
+    raise UserError(f"Hugging Face dataset {path} has no {kind.__name__} column; its columns: {', '.join(features)}")
