@@ -140,6 +140,9 @@ class Preset:
     finetune: TrainRecipe
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # How hyperparameters were chosen, recorded in every row: ``recipe`` for the shared [finetune] recipe, a
+    # defense's name for its own settings. Absent means "fixed in the preset" (issue 4's fair-tuning protocol).
+    tuning: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -172,7 +175,7 @@ def load_preset(name_or_path: str) -> Preset:
 
 def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
     raw = dict(raw)
-    known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses"}
+    known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses", "tuning"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"Unknown preset key(s) {', '.join(unknown)} in {source or 'preset'}. Known: {', '.join(sorted(known))}.")
@@ -188,5 +191,12 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         finetune=build_config(TrainRecipe, raw.get("finetune"), "finetune"),
         attacks={k: dict(v) for k, v in raw.get("attacks", {}).items()},
         defenses={k: dict(v) for k, v in raw.get("defenses", {}).items()},
+        tuning=_tuning_notes(raw.get("tuning", {}), source),
         source=source,
     )
+
+
+def _tuning_notes(raw: Any, source: str) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise UserError(f"[tuning] in {source or 'preset'}: expected text notes, e.g. finetune = \"lr chosen on ...\"")
+    return dict(raw)

@@ -27,6 +27,9 @@ attack_version        version of the attack class
 attack_config         the attack's full config
 defense_version       version of the defense class
 defense_config        the defense's full config
+defense_recipe        the finetuning recipe the defense trained with (the preset's ``[finetune]`` with the
+                      defense's overrides) and ``tuning``: how those hyperparameters were chosen (the preset's
+                      ``[tuning]`` note, or ``fixed in the preset``); empty for defenses that do not train
 model                 open_clip architecture of the victim
 victim_key            cache key of the victim the defense was applied to
 cleanbench_version    package version that produced the row
@@ -52,11 +55,13 @@ from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.storage import write_text_atomic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 lacked ``defense_recipe``; its files are read (not extended) as version 2 with that column empty.
+UPGRADABLE = {1: {"defense_recipe": ""}}
 COLUMNS = [
     "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
-    "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config",
+    "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
     "model", "victim_key", "cleanbench_version", "git_commit", "device",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at",
 ]

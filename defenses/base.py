@@ -40,8 +40,17 @@ class DefenseContext:
 def check_recipe_overrides(config: Any) -> None:
     """Range-check a defense config's recipe overrides (fields named like :class:`TrainRecipe`'s) with the
     recipe's own checks, so every defense validates them alike, at plan time, before any training."""
+    effective_recipe(TrainRecipe(), config)
+
+
+def effective_recipe(recipe: TrainRecipe, config: Any) -> TrainRecipe:
+    """The recipe a defense trains with: ``recipe`` with the config's set fields of the same names replacing its
+    values (the fields a defense passes to :meth:`DefenseContext.recipe_with`)."""
+    if not dataclasses.is_dataclass(config):
+        return recipe
     names = {field.name for field in dataclasses.fields(TrainRecipe)}
-    TrainRecipe(**{k: v for k, v in dataclasses.asdict(config).items() if k in names and v is not None})
+    overrides = {k: v for k, v in dataclasses.asdict(config).items() if k in names and v is not None}
+    return dataclasses.replace(recipe, **overrides)
 
 
 class Defense(ABC):
@@ -50,6 +59,8 @@ class Defense(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = object
+    # Whether the defense trains with the preset's finetuning recipe; its rows then record that recipe.
+    uses_recipe: ClassVar[bool] = True
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.Config()
@@ -61,3 +72,4 @@ class Defense(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
         """Return the defended model (the input may be modified in place)."""
+

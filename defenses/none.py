@@ -23,6 +23,7 @@ class NoDefense(Defense):
     name = "none"
     version = "1"
     Config = NoDefenseConfig
+    uses_recipe = False
 
     def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
         return model

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.errors import UserError
-from benchmark.results import COLUMNS, SCHEMA_VERSION
+from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count")
 FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
@@ -44,7 +44,7 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     """
     if not paths:
         raise UserError("no results files given")
-    raws = [(path, _read_raw(path)) for path in map(resolve_results_path, paths)]
+    raws = [(path, _upgraded(_read_raw(path))) for path in map(resolve_results_path, paths)]
     _check_versions(raws)
     table = pd.concat([_typed(path, raw) for path, raw in raws], ignore_index=True)
     table = table.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
@@ -65,6 +65,19 @@ def _read_raw(path: Path) -> pd.DataFrame:
     if raw.empty:
         raise UserError(f"{path}: no result rows")
     return raw
+
+
+def _upgraded(raw: pd.DataFrame) -> pd.DataFrame:
+    """A file written wholly under an older, compatible schema version, read as the current one: the columns
+    added since then are filled with their documented defaults (``benchmark.results.UPGRADABLE``)."""
+    versions = set(raw["schema_version"])
+    if len(versions) != 1 or not _is_int(next(iter(versions))):
+        return raw  # mixed or malformed versions are reported by _check_versions
+    added = UPGRADABLE.get(int(next(iter(versions))))
+    if added is None:
+        return raw
+    raw = raw.assign(**{column: default for column, default in added.items() if column not in raw.columns})
+    return raw.assign(schema_version=str(SCHEMA_VERSION))
 
 
 def _typed(path: Path, raw: pd.DataFrame) -> pd.DataFrame:

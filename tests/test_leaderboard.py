@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import UserError
-from benchmark.results import COLUMNS
+from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
 from leaderboard.aggregate import build, der
 from leaderboard.build import write_leaderboard
 from leaderboard.load import load_results
@@ -23,7 +23,7 @@ def make_row(attack: str, defense: str, seed: int, ca: float | None, asr: float 
              status: str = "ok", preset: str = "p", **extra: object) -> dict:
     """A complete results row (every schema column) with plausible provenance."""
     row = dict.fromkeys(COLUMNS, "")
-    row.update(schema_version=1, cell_id=f"{preset}|{attack}|{defense}|{seed}", preset=preset, attack=attack,
+    row.update(schema_version=SCHEMA_VERSION, cell_id=f"{preset}|{attack}|{defense}|{seed}", preset=preset, attack=attack,
                defense=defense, seed=seed, status=status, target="bag", model="tiny", device="cpu",
                poison_count=0 if attack == "none" else 25, attack_version="1", defense_version="1",
                attack_config='{"poison_rate": 0.05}', defense_config='{"epochs": 1}', victim_key=f"v{seed}",
@@ -202,7 +202,8 @@ def test_untrusted_names_render_as_text(tmp_path):
         (lambda rows, cols: (_set(rows, 4, asr="1.7"), cols), "row 5 (line 6), column 'asr': 1.7 is outside [0, 1]"),
         (lambda rows, cols: (_set(rows, 1, status="done"), cols), "column 'status': expected one of ok, failed"),
         (lambda rows, cols: (_set(rows, 0, asr=""), cols), "row 1 (line 2), column 'asr': empty in an 'ok' row"),
-        (lambda rows, cols: (_set(rows, 3, schema_version=2), cols), "refusing to mix results schema versions"),
+        (lambda rows, cols: (_set(rows, 3, schema_version=SCHEMA_VERSION + 1), cols),
+         "refusing to mix results schema versions"),
     ],
     ids=["missing-column", "not-a-number", "not-an-integer", "out-of-range", "bad-status", "empty-asr",
          "mixed-versions-in-a-file"],
@@ -223,14 +224,25 @@ def _set(rows: list[dict], index: int, **values: object) -> list[dict]:
 
 
 def test_files_of_different_schema_versions_are_not_mixed(cli, tmp_path):
+    newer = SCHEMA_VERSION + 1
     first = write_results(tmp_path / "a" / "results.csv", known_rows())
     second = write_results(tmp_path / "b" / "results.csv",
-                           [dict(row, schema_version=2, cell_id=row["cell_id"] + "-b") for row in known_rows()])
+                           [dict(row, schema_version=newer, cell_id=row["cell_id"] + "-b") for row in known_rows()])
     code, _, err = cli("leaderboard", first, second, "--out", tmp_path / "site")
     assert code == 2 and "refusing to mix results schema versions" in err
-    assert "version 1 in" in err and "version 2 in" in err and err.strip().count("\n") == 0
+    assert f"version {SCHEMA_VERSION} in" in err and f"version {newer} in" in err and err.strip().count("\n") == 0
     code, _, err = cli("leaderboard", second, "--out", tmp_path / "site")
-    assert code == 2 and "written with results schema version 2" in err
+    assert code == 2 and f"written with results schema version {newer}" in err
+
+
+def test_a_version_1_file_is_read_as_the_current_schema_and_merges_with_it(tmp_path):
+    old_columns = [column for column in COLUMNS if column not in UPGRADABLE[1]]
+    old = write_results(tmp_path / "old" / "results.csv",
+                        [dict(row, schema_version=1) for row in known_rows() if row["seed"] == 0], old_columns)
+    new = write_results(tmp_path / "new" / "results.csv", [row for row in known_rows() if row["seed"] != 0])
+    table = load_results([old, new])
+    assert set(table["schema_version"]) == {SCHEMA_VERSION} and len(table) == len(known_rows())
+    assert (table.loc[table["seed"] == 0, "defense_recipe"] == "").all()
 
 
 def test_two_files_merge_but_conflicting_cells_are_refused(tmp_path):

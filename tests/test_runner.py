@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -16,7 +18,7 @@ import torch
 
 from benchmark.errors import UserError
 from benchmark.presets import load_preset
-from benchmark.results import METRIC_COLUMNS
+from benchmark.results import METRIC_COLUMNS, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.lock import OutputLock
 from defenses import DEFENSES
@@ -44,6 +46,25 @@ def test_plan_always_includes_the_no_defense_reference_and_shares_victims():
     assert len(plan.victims) == 4  # (benign control + badnet) × 2 seeds: never attacks × defenses
     assert sorted({cell.defense for cell in plan.cells}) == ["finetune", "none"]
     assert len(plan.cells) == 8 and len({cell.key for cell in plan.cells}) == 8
+
+
+def test_rows_record_the_recipe_each_defense_trained_with_and_how_it_was_chosen(finished_run):
+    rows = {row["defense"]: row for row in ResultsFile(finished_run / "results.csv").rows.values()}
+    recipe = json.loads(rows["finetune"]["defense_recipe"])
+    preset = load_preset(str(TEST_PRESET))
+    assert {k: recipe[k] for k in ("epochs", "batch_size", "lr")} == {
+        "epochs": preset.finetune.epochs, "batch_size": preset.finetune.batch_size, "lr": preset.finetune.lr}
+    assert recipe["tuning"] == "fixed in the preset"  # the test preset has no [tuning] notes
+    assert rows["none"]["defense_recipe"] == ""  # no training, no recipe
+
+
+def test_tuning_notes_name_their_section():
+    preset = dataclasses.replace(load_preset(str(TEST_PRESET)), tuning={"recipe": "lr on clean val CA",
+                                                                         "cleanclip": "λ2 = 1 (paper)"})
+    cells = {cell.defense: cell for cell in plan_grid(preset, ["badnet"], ["cleanclip", "finetune"], [0]).cells}
+    assert cells["cleanclip"].recipe["tuning"] == ("[finetune] recipe: lr on clean val CA; "
+                                                 "[defenses.cleanclip]: λ2 = 1 (paper)")
+    assert cells["finetune"].recipe["tuning"] == "[finetune] recipe: lr on clean val CA"
 
 
 def test_second_run_trains_nothing(finished_run, tmp_path):

@@ -19,6 +19,7 @@ from benchmark.errors import UserError
 from benchmark.presets import Preset
 from benchmark.storage import content_key
 from defenses import DEFENSES
+from defenses.base import effective_recipe
 
 BENIGN = "none"  # the attack name of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the defense every other defense is compared with
@@ -49,6 +50,7 @@ class CellSpec:
     defense_settings: dict[str, Any]
     defense_config: dict[str, Any]
     key: str
+    recipe: dict[str, Any] | None = None  # what the defense trains with and how it was chosen (None: no training)
 
 
 @dataclass
@@ -129,7 +131,19 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     config = config_dict(instance.config)
     key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
                       config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images)
-    return CellSpec(victim, defense, cls.version, settings, config, key)
+    recipe = None
+    if cls.uses_recipe:
+        recipe = {**config_dict(effective_recipe(preset.finetune, instance.config)),
+                  "tuning": tuning_note(preset, defense)}
+    return CellSpec(victim, defense, cls.version, settings, config, key, recipe)
+
+
+def tuning_note(preset: Preset, defense: str) -> str:
+    """How a defense's hyperparameters were chosen, from the preset's ``[tuning]`` notes (issue 4: fixed in the
+    preset, or a search on clean validation data only)."""
+    notes = [f"{label}: {preset.tuning[name]}" for name, label in
+             (("recipe", "[finetune] recipe"), (defense, f"[defenses.{defense}]")) if name in preset.tuning]
+    return "; ".join(notes) or "fixed in the preset"
 
 
 def poison_count(settings: dict[str, Any], train_pairs: int, attack: str) -> int:
