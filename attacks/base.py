@@ -2,7 +2,9 @@
 
 An attack has two jobs: ``apply`` adds its trigger to a batch of float images in [0, 1] (used both to poison
 training pairs and to trigger test images for ASR), and ``poison`` picks which training pairs to change and
-rewrites them, returning a manifest of exactly what changed.
+rewrites them, returning a manifest of exactly what changed. ``poison`` is ``select`` (which pairs) followed by
+``poison_selected`` (those pairs changed), so a split streamed from disk is poisoned by the same code: only the
+chosen pairs are decoded (:mod:`benchmark.poisoning`).
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Union
 
 import torch
 
 from benchmark.config import build_config, config_dict
+from benchmark.data.loader import StreamingPairs
 from benchmark.data.pairs import PairSet, to_float, to_uint8
 from benchmark.errors import UserError
+
+Pairs = Union[PairSet, StreamingPairs]  # a split in memory, or one streamed from disk
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class AttackContext:
     image_size: int
     seed: int
     device: torch.device
-    clean_pairs: PairSet | None = None
+    clean_pairs: Pairs | None = None
     model_name: str = ""  # the victim's open_clip architecture, for attacks that train a surrogate of it
 
 
@@ -88,22 +93,44 @@ class Attack(ABC):
     def apply(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Add the trigger to float images (B, C, H, W) in [0, 1]; same shape, dtype and range."""
 
-    def select(self, pairs: PairSet, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
-        """Indices of the pairs to poison: ``count`` drawn uniformly at random."""
+    def select(self, pairs: Pairs, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
+        """Indices of the pairs to poison: ``count`` drawn uniformly at random.
+
+        ``pairs`` may be streamed (:class:`~benchmark.data.loader.StreamingPairs`): an override may read its
+        ``captions`` and ``labels``, never its images (those are decoded for the chosen pairs only).
+        """
         if count > len(pairs):
             raise UserError(f"poison count {count} is larger than the {len(pairs)} training pairs")
         return torch.randperm(len(pairs), generator=generator)[:count].sort().values
 
     def poison(self, pairs: PairSet, target: PoisonTarget, count: int, generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
-        """A poisoned copy of ``pairs`` and the manifest of what changed."""
+        """A poisoned copy of ``pairs`` and the manifest of what changed: :meth:`select`, then
+        :meth:`poison_selected` on the chosen pairs, written back into the copy."""
         indices = self.select(pairs, target, count, generator)
+        changed, manifest = self.poison_selected(pairs.subset(indices), indices, target, generator)
         poisoned = pairs.copy()
         if len(indices):
-            poisoned.images[indices] = to_uint8(self.apply(to_float(pairs.images[indices]), generator))
-        before = [pairs.captions[i] for i in indices.tolist()]
-        after = [target.caption(generator) for _ in before] if self.dirty_label else list(before)
-        for i, caption in zip(indices.tolist(), after):
+            poisoned.images[indices] = changed.images
+        for i, caption in zip(indices.tolist(), changed.captions):
             poisoned.captions[i] = caption
-        manifest = PoisonManifest(self.name, self.version, config_dict(self.config), self.context.seed,
-                                  target.name, indices.tolist(), before, after)
         return poisoned, manifest
+
+    def poison_selected(self, chosen: PairSet, indices: torch.Tensor, target: PoisonTarget,
+                        generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
+        """The chosen pairs (``indices`` in their split) poisoned, and the manifest. This is all the poisoning a
+        streamed split needs: the runner decodes just these pairs and swaps the result into its batches.
+
+        The default applies the trigger and, for dirty-label attacks, draws a fresh caption naming the target.
+        """
+        images = chosen.images.clone()
+        if len(indices):
+            images = to_uint8(self.apply(to_float(chosen.images), generator))
+        before = list(chosen.captions)
+        after = [target.caption(generator) for _ in before] if self.dirty_label else list(before)
+        return PairSet(images, after, chosen.labels.clone()), self.manifest(indices, target, before, after)
+
+    def manifest(self, indices: torch.Tensor, target: PoisonTarget, before: list[str], after: list[str],
+                 extra: dict[str, Any] | None = None) -> PoisonManifest:
+        """The manifest of poisoning ``indices``, with this attack's name, version, config and seed."""
+        return PoisonManifest(self.name, self.version, config_dict(self.config), self.context.seed, target.name,
+                              indices.tolist(), before, after, dict(extra or {}))

@@ -40,8 +40,8 @@ from torch import nn
 
 from attacks import ATTACKS
 from attacks.badnet import BadNet, BadNetConfig
-from attacks.base import Attack, PoisonManifest, PoisonTarget
-from benchmark.config import check_range, config_dict
+from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget
+from benchmark.config import check_range
 from benchmark.data.pairs import PairSet, to_float, to_uint8
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
@@ -84,7 +84,7 @@ class LabelConsistent(Attack):
     def apply(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return self.trigger.apply(images, generator)
 
-    def select(self, pairs: PairSet, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
+    def select(self, pairs: Pairs, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` pairs drawn at random among those whose label or caption is the target."""
         names = (target.name, *target.synonyms)
         eligible = torch.tensor([int(label) == target.index or any(name in caption for name in names)
@@ -96,12 +96,11 @@ class LabelConsistent(Attack):
                             f"attack can poison at most those: lower the poison rate to ≤ {len(candidates) / len(pairs):.4f}")
         return candidates[torch.randperm(len(candidates), generator=generator)[:count]].sort().values
 
-    def poison(self, pairs: PairSet, target: PoisonTarget, count: int,
-               generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
+    def poison_selected(self, chosen: PairSet, indices: torch.Tensor, target: PoisonTarget,
+                        generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
         """Trigger the chosen target pairs (after PGD, if configured); captions stay as they are."""
-        indices = self.select(pairs, target, count, generator)
-        captions = [pairs.captions[i] for i in indices.tolist()]
-        images = to_float(pairs.images[indices])
+        captions = list(chosen.captions)
+        images = to_float(chosen.images)
         extra: dict = {"perturbation": self.config.perturbation, "captions": "kept"}
         if self.config.perturbation == "pgd" and len(indices):
             surrogate, tokenizer, loss = self._surrogate()
@@ -111,17 +110,17 @@ class LabelConsistent(Attack):
             extra.update(epsilon=self.config.epsilon, linf=float((perturbed - images).abs().max()),
                          similarity_before=before, similarity_after=after, surrogate_final_loss=loss)
             images = perturbed
-        poisoned = pairs.copy()
+        poisoned = chosen.images.clone()
         if len(indices):
-            poisoned.images[indices] = to_uint8(self.apply(images, generator))
-        manifest = PoisonManifest(self.name, self.version, config_dict(self.config), self.context.seed,
-                                  target.name, indices.tolist(), captions, list(captions), extra)
-        return poisoned, manifest
+            poisoned = to_uint8(self.apply(images, generator))
+        return (PairSet(poisoned, captions, chosen.labels.clone()),
+                self.manifest(indices, target, captions, list(captions), extra))
 
     def _surrogate(self) -> tuple[nn.Module, object, float]:
         """A CLIP of the victim's architecture trained, from a seed, on the clean pairs: the attacker's stand-in."""
         from benchmark.models import create_model, tokenizer_for
-        from benchmark.training import Normalizer, PairBatches, train
+        from benchmark.data.streaming_batches import pair_batches
+        from benchmark.training import Normalizer, train
         from benchmark.training_recipe import TrainRecipe
 
         context, config = self.context, self.config
@@ -132,7 +131,7 @@ class LabelConsistent(Attack):
         model.to(context.device)
         tokenizer = tokenizer_for(context.model_name)
         generator = torch.Generator().manual_seed(derive_seed(context.seed, "label-consistent-surrogate-batches"))
-        batches = PairBatches(context.clean_pairs, tokenizer, Normalizer(model), config.surrogate_batch_size,
+        batches = pair_batches(context.clean_pairs, tokenizer, Normalizer(model), config.surrogate_batch_size,
                               generator, context.device)
         recipe = TrainRecipe(epochs=config.surrogate_epochs, batch_size=config.surrogate_batch_size,
                              lr=config.surrogate_lr, weight_decay=0.1, warmup_steps=len(batches) // 2)

@@ -53,16 +53,18 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
     from defenses import DEFENSES
 
     report = Report()
+    resolved = _attempt(report, lambda: resolve_preset(preset, overrides))
 
     def grid() -> Plan:
         attack_names = [] if attacks.strip() == "none" else _attempt(report, lambda: ATTACKS.resolve(attacks))
         defense_names = _attempt(report, lambda: DEFENSES.resolve(defenses))
         if attack_names is None or defense_names is None:
             return None
-        return plan_grid(preset, attack_names, defense_names, seeds, attack_overrides=attack_overrides)
+        # Planned as resolved; with its data problems already reported, as given, so names are still checked.
+        return plan_grid(resolved or preset, attack_names, defense_names, seeds, attack_overrides=attack_overrides,
+                         resolve=False)
 
     plan = _attempt(report, grid)
-    resolved = _attempt(report, lambda: resolve_preset(preset, overrides))
     if resolved is not None:
         report.lines += _attempt(report, lambda: _describe_data(resolved)) or []
     if plan is not None:

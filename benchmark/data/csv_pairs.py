@@ -42,5 +42,8 @@ class CsvPairs(Source):
     def read(self, index: int) -> Item:
         return Item(self.root / self.images[index], self.captions[index])
 
+    def read_captions(self, indices) -> list[str]:
+        return [self.captions[int(index)] for index in indices]
+
     def describe(self, index: int) -> str:
         return f"{self.root / self.images[index]} (row {index + 2} of {self.path})"

@@ -68,6 +68,11 @@ class HfSource(Source):
             return Item(image, str(row[self.text_key]))
         return Item(image, label=int(row[self.text_key]))
 
+    def read_captions(self, indices) -> list[str]:
+        """The caption column of the rows ``indices`` (no image bytes read)."""
+        rows = self.dataset.select_columns([self.text_key]).select([int(index) for index in indices])
+        return [str(text) for text in rows[self.text_key]]
+
     def describe(self, index: int) -> str:
         return f"row {index} of {self.name}"
 

@@ -60,9 +60,16 @@ def plan_splits(data: DataSpec, pair_count: int, image_count: int) -> SplitPlan:
         raise UserError(f"the evaluation images ({data.val_pairs + test} at {data.image_size} px = "
                         f"{split_bytes(data.val_pairs + test, data) / GB:.1f} GB) exceed data.memory_gb = "
                         f"{data.memory_gb}: raise it or lower data.test_images")
-    streamed = tuple(name for name, count in (("train", data.train_pairs), ("clean", data.clean_pairs))
-                     if split_bytes(count, data) > data.memory_gb * GB)
-    return SplitPlan(data.train_pairs, data.clean_pairs, data.val_pairs, test, pair_count, image_count, streamed)
+    return SplitPlan(data.train_pairs, data.clean_pairs, data.val_pairs, test, pair_count, image_count,
+                     streamed_splits(data))
+
+
+def streamed_splits(data: DataSpec) -> tuple[str, ...]:
+    """The pair splits ("train", "clean") too large for ``data.memory_gb``, which are streamed."""
+    if not data.uses_sources:
+        return ()
+    return tuple(name for name, count in (("train", data.train_pairs), ("clean", data.clean_pairs))
+                 if split_bytes(count, data) > data.memory_gb * GB)
 
 
 @dataclass

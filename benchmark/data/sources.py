@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 from benchmark.data.images import RawImage
 from benchmark.presets import SourceSpec
@@ -35,6 +36,11 @@ class Source(ABC):
     @abstractmethod
     def read(self, index: int) -> Item:
         """Item ``index``; may raise :class:`~benchmark.data.images.BadImage` (counted and skipped by the loader)."""
+
+    def read_captions(self, indices: Sequence[int]) -> list[str]:
+        """The captions of items ``indices``, without decoding images (poison selection reads every caption of a
+        streamed split). Formats that can read a caption alone override this item-by-item default."""
+        return [self.read(int(index)).caption for index in indices]
 
     @abstractmethod
     def describe(self, index: int) -> str:

@@ -72,6 +72,23 @@ class WebDatasetPairs(Source):
             handle.seek(image_at)
             return Item(handle.read(image_size), caption)
 
+    def read_captions(self, indices) -> list[str]:
+        """Only the caption members are read (one seek each); a missing caption reads as ""."""
+        captions, handles = [], {}
+        try:
+            for index in indices:
+                shard, _, _, caption_at, caption_size = self.index[int(index)].tolist()
+                if caption_size < 0:
+                    captions.append("")
+                    continue
+                handle = handles.get(shard) or handles.setdefault(shard, open(self.shards[shard], "rb"))
+                handle.seek(caption_at)
+                captions.append(handle.read(caption_size).decode("utf-8", errors="replace").strip())
+        finally:
+            for handle in handles.values():
+                handle.close()
+        return captions
+
     def describe(self, index: int) -> str:
         return f"{self.shards[int(self.index[index, 0])]}:{self.keys[index]}"
 

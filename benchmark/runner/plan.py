@@ -3,6 +3,12 @@
 ``grid = preset × (attacks + benign control) × defenses × seeds``. A victim is keyed by everything that
 determines it (data, model, victim recipe, attack name/version/config, poison count, seed); a cell adds the
 defense and the evaluation. Equal keys mean equal artifacts, so reruns reuse them.
+
+Data settings that only say how the data is read (``memory_gb``, ``workers``, ``max_bad_images``) are left out
+of the keys, and unset sources too, so a Fashion-MNIST preset keeps the keys it had before sources existed.
+What ``memory_gb`` decides does count: whether a split is streamed (poisoned pairs are then drawn from the
+split as streamed, and an unreadable image drops out of a batch rather than out of the split), so a streamed
+training split marks the victim key and a streamed clean split the cell key.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from attacks import ATTACKS
 from attacks.base import AttackContext
 from benchmark.config import config_dict
 from benchmark.errors import UserError
-from benchmark.presets import Preset
+from benchmark.data.source_splits import streamed_splits
+from benchmark.presets import DataSpec, Preset
 from benchmark.storage import content_key
 from defenses import DEFENSES
 from defenses.base import effective_recipe
@@ -25,6 +32,8 @@ BENIGN = "none"  # the attack name of the benign control: a victim trained on cl
 REFERENCE_DEFENSE = "none"  # the defense every other defense is compared with
 # Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
 ENGINE_VERSION = "1"
+# Data settings that change how data is read, never what is trained on (see the module docstring).
+READ_ONLY_DATA_FIELDS = ("memory_gb", "workers", "max_bad_images")
 
 
 @dataclass(frozen=True)
@@ -66,12 +75,19 @@ class Plan:
 
 
 def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: list[int], *,
-              attack_overrides: dict[str, Any] | None = None) -> Plan:
+              attack_overrides: dict[str, Any] | None = None, resolve: bool = True) -> Plan:
     """Build and validate the plan. ``attack_overrides`` (``poison_rate``/``poison_count``) apply to every attack.
 
+    A preset with data sources is resolved first (paths expanded and checked, class names, templates and
+    synonyms read from the evaluation set; :func:`benchmark.data.resolve.resolve_preset`), so ``plan.preset``
+    is what the runner needs; ``resolve=False`` plans the preset as given (``validate`` resolves on its own).
     The no-defense reference (``none``) is always part of the grid: without it no ΔASR can be computed and no
     one can tell whether an attack took, so no defense could be scored.
     """
+    if resolve and preset.data.uses_sources:
+        from benchmark.data.resolve import resolve_preset
+
+        preset = resolve_preset(preset)
     if not seeds:
         raise UserError("no seeds given: use e.g. --seeds 0 or --seeds 0,1,2")
     if not defenses:
@@ -119,7 +135,7 @@ def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) ->
         context = AttackContext(preset.data.image_size, seed, torch.device("cpu"))
         config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
         version, count = cls.version, poison_count(settings, preset.data.train_pairs, attack)
-    key = content_key("victim", ENGINE_VERSION, config_dict(preset.data), config_dict(preset.text),
+    key = content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
                       config_dict(preset.model), config_dict(preset.victim), attack, version, config, count, seed)
     return VictimSpec(attack, seed, version, settings, config, count, key)
 
@@ -129,13 +145,23 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     settings = preset.defenses.get(defense, {})
     instance = cls.from_settings(settings)
     config = config_dict(instance.config)
+    streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
     key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
-                      config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images)
+                      config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed)
     recipe = None
     if cls.uses_recipe:
         recipe = {**config_dict(effective_recipe(preset.finetune, instance.config)),
                   "tuning": tuning_note(preset, defense)}
     return CellSpec(victim, defense, cls.version, settings, config, key, recipe)
+
+
+def data_key(data: DataSpec, split: str) -> dict[str, Any]:
+    """The data settings that determine what ``split`` ("train" or "clean") trains on, for a cache key."""
+    values = {key: value for key, value in config_dict(data).items()
+              if key not in READ_ONLY_DATA_FIELDS and not (key in ("train", "eval") and value is None)}
+    if split in streamed_splits(data):
+        values["streamed"] = True
+    return values
 
 
 def tuning_note(preset: Preset, defense: str) -> str:
