@@ -70,6 +70,9 @@ def _materialise(preset: Preset) -> Task:
         raise UserError(f"data.dataset = {data.dataset!r} is not supported; choose one of: {', '.join(DATASETS)}")
     splits = load_fashion_mnist(data.data_dir or None)
     train, test = splits["train"], splits["test"]
+    if len(test.labels) == 0 or len(train.labels) == 0:  # before the size checks: "empty" is the clearer message
+        raise UserError(f"dataset {data.dataset} is empty: {len(train.labels)} training and {len(test.labels)} "
+                        "test images")
     needed = data.train_pairs + data.clean_pairs + data.val_pairs
     if needed > len(train.labels):
         raise UserError(
@@ -78,8 +81,6 @@ def _materialise(preset: Preset) -> Task:
         )
     if data.test_images > len(test.labels):
         raise UserError(f"data.test_images = {data.test_images} exceeds the {len(test.labels)} test images")
-    if len(test.labels) == 0 or len(train.labels) == 0:
-        raise UserError(f"dataset {data.dataset} is empty")
     if not preset.text.classnames:
         raise UserError(f"preset {preset.name}: {data.dataset} needs text.classnames, synonyms and templates")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +66,11 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        data = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            data = handle.read()
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, or a corrupt/cut-short gzip stream
+        raise UserError(f"{path} cannot be read: {type(error).__name__}: {error}") from None
     magic = int.from_bytes(data[0:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte payload
         raise UserError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x})")
