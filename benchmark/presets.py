@@ -13,6 +13,7 @@ from typing import Any
 
 from benchmark.config import build_config, check_range
 from benchmark.errors import UserError
+from benchmark.registry import check_name
 from benchmark.training_recipe import TrainRecipe
 
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -181,6 +182,7 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         raise UserError(f"Unknown preset key(s) {', '.join(unknown)} in {source or 'preset'}. Known: {', '.join(sorted(known))}.")
     if "name" not in raw:
         raise UserError(f"preset {source} has no 'name'")
+    check_name("preset", raw["name"], source or "a preset")  # names reach results files and pages, never paths
     return Preset(
         name=str(raw["name"]),
         description=str(raw.get("description", "")),
