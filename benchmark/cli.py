@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from benchmark import cli_scale
 from benchmark.cli_attacks import attacks_app
 from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
 from benchmark.cli_validate import DataOption, preset_for_run, validate_command
@@ -34,10 +35,20 @@ def run(
     data: Optional[List[str]] = DataOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
+    precision: str = cli_scale.PrecisionOption,
+    compile_model: bool = cli_scale.CompileOption,
+    gpus: int = cli_scale.GpusOption,
+    executor: str = cli_scale.ExecutorOption,
+    workers: int = cli_scale.WorkersOption,
+    slurm_partition: str = cli_scale.SlurmPartitionOption,
+    slurm_timeout_min: int = cli_scale.SlurmTimeOption,
+    slurm_max_requeue: int = cli_scale.SlurmRequeueOption,
+    slurm_option: Optional[List[str]] = cli_scale.SlurmExtraOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
     from attacks import ATTACKS
-    from benchmark.device import resolve_device
+    from benchmark import distributed
+    from benchmark.device import Runtime, resolve_device, set_runtime
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
     from benchmark.task import build_task
@@ -57,9 +68,20 @@ def run(
     plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), _parse_seeds(seeds),
                      attack_overrides=overrides)
     torch_device = resolve_device(device)
+    set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
     build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
-    reporter = Reporter()
-    summary = run_plan(plan, out, torch_device, reporter)  # logs the plan once the output folder is checked and locked
+    cli_scale.relaunch_under_torchrun(gpus, executor)
+    torch_device = distributed.init_from_env(torch_device)
+    main = distributed.world().is_main
+    reporter = Reporter(quiet=not main)
+    grid_executor = cli_scale.build_executor(
+        executor, workers=workers, gpus=gpus, device=torch_device, device_name=device, out=out, plugins=plugin,
+        no_plugin_autoload=no_plugin_autoload, partition=slurm_partition, timeout_min=slurm_timeout_min,
+        max_requeue=slurm_max_requeue, extra=slurm_option)
+    # logs the plan once the output folder is checked and locked
+    summary = run_plan(plan, out, torch_device, reporter, executor=grid_executor)
+    if not main:
+        return
     reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,10 @@ import torch.distributed as dist
 from torch import nn
 
 from benchmark.errors import UserError
+
+# open_clip's ClipLoss gathers with torch.distributed.nn.all_gather, which torch now marks deprecated on every
+# call site; the call is correct and the warning is noise in every rank's log.
+warnings.filterwarnings("ignore", message="torch.distributed.nn.functional.all_gather is deprecated")
 
 
 @dataclass(frozen=True)

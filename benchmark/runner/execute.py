@@ -3,10 +3,15 @@
 A cell's row is written the moment it finishes; a failing cell becomes a ``failed`` row (its traceback saved
 in its folder) and the grid goes on. Reruns skip cells whose ``ok`` row exists, reuse cached victims and cell
 metrics, and so redo only what a crash interrupted.
+
+Victim groups (a victim and its cells) run where the executor puts them (:mod:`benchmark.runner.executors`:
+this process, local workers, Slurm jobs). Under torchrun every rank runs the same groups in the same order, so
+the training loops meet; only rank 0 writes files and evaluates.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
@@ -23,6 +28,7 @@ from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
 from benchmark.checkpoints import read_state_dict, save_state_dict
 from benchmark.config import config_dict
+from benchmark.distributed import barrier, world
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate
@@ -30,7 +36,7 @@ from benchmark.models import create_model, model_from_spec, tokenizer_for
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit
 from benchmark.results import SCHEMA_VERSION, ResultsFile
-from benchmark.runner.lock import OutputLock
+from benchmark.runner.lock import OutputLock, SharedResults
 from benchmark.runner.plan import BENIGN, CellSpec, Plan, VictimSpec
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
@@ -53,6 +59,13 @@ class RunSummary:
     cells_failed: int = 0
     failures: list[str] = field(default_factory=list)
 
+    def merge(self, other: "RunSummary") -> None:
+        """Add a worker's summary to this one."""
+        for name in ("victims_trained", "victims_loaded", "cells_run", "cells_reused", "cells_skipped",
+                     "cells_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+
 
 @dataclass
 class _Victim:
@@ -61,8 +74,10 @@ class _Victim:
     attack: Any  # the Attack instance (None for the benign control)
 
 
-def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter | None = None) -> RunSummary:
-    """Run every cell of ``plan`` not already recorded as ``ok`` in ``out_dir/results.csv``."""
+def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter | None = None,
+             executor=None) -> RunSummary:
+    """Run every cell of ``plan`` not already recorded as ``ok`` in ``out_dir/results.csv``, one victim group
+    after another in this process unless ``executor`` (:mod:`benchmark.runner.executors`) spreads them out."""
     reporter = reporter or Reporter.silent()
     out_dir = Path(out_dir)
     summary = RunSummary()
@@ -71,13 +86,13 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     # Refuse a foreign, other-version or other-config results file before writing anything.
     ResultsFile(out_dir / "results.csv").refuse_changed_configs(
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
-    task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
-    with OutputLock(out_dir):
+    build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
+    with OutputLock(out_dir) if world().is_main else contextlib.nullcontext():
         reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
                      f"device {device}, output {out_dir}")
         results = ResultsFile(out_dir / "results.csv")
-        store = ArtifactStore(out_dir / "cache")
-        if remove_stale_temporaries(out_dir):
+        barrier()  # under torchrun every rank has read the results before rank 0 writes
+        if world().is_main and remove_stale_temporaries(out_dir):
             reporter.log("removed temporary files left by a killed run")
         pending = [cell for cell in plan.cells if not results.done(cell.key)]
         summary.cells_skipped = len(plan.cells) - len(pending)
@@ -85,12 +100,37 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
             reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
         if not pending:
             return summary
-        with reporter.task("grid", total=len(pending)) as advance:
-            for victim_spec in plan.victims:
-                cells = [cell for cell in pending if cell.victim.key == victim_spec.key]
-                if cells:
-                    _run_victim(plan, task, victim_spec, cells, store, results, device, reporter, summary, advance)
+        groups = [(spec, [cell for cell in pending if cell.victim.key == spec.key]) for spec in plan.victims]
+        if executor is None:
+            from benchmark.runner.executors import InProcess
+
+            executor = InProcess()
+        summary.merge(executor.run(plan, [group for group in groups if group[1]], out_dir, device, reporter))
     return summary
+
+
+def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path, device: torch.device,
+              reporter: Reporter, advance=None) -> RunSummary:
+    """One victim and its pending cells: the unit of work an executor hands to a worker. Rows go into the
+    shared ``results.csv`` as cells finish, under a short lock, so workers may run side by side."""
+    summary = RunSummary()
+    store, results = ArtifactStore(Path(out_dir) / "cache"), SharedResults(Path(out_dir) / "results.csv")
+    _run_victim(plan, build_task(plan.preset), spec, cells, store, results, device, reporter, summary,
+                advance or (lambda *args, **kwargs: None))
+    return summary
+
+
+def record_lost_cells(plan: Plan, cells: list[CellSpec], reason: str, out_dir: Path, summary: RunSummary,
+                      reporter: Reporter) -> None:
+    """Record as ``failed`` the cells of a worker that died before writing their rows (a rerun redoes them)."""
+    written = ResultsFile(Path(out_dir) / "results.csv").rows
+    for cell in cells:
+        if cell.key not in written:
+            SharedResults(Path(out_dir) / "results.csv").upsert(_row(plan, cell, None, {}, torch.device("cpu"),
+                                                                     "failed", reason[:300]))
+            summary.cells_failed += 1
+            summary.failures.append(f"{cell.victim.attack} × {cell.defense} seed {cell.victim.seed}: {reason}")
+            reporter.log(f"cell {cell.victim.attack} × {cell.defense} seed {cell.victim.seed} FAILED: {reason}")
 
 
 def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance) -> None:
@@ -142,7 +182,8 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
                               synonyms=tuple(preset.text.synonyms[task.target_index]))
         generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
         pairs, manifest = attack.poison(pairs, target, spec.poison_count, generator)
-        store.save_manifest(spec.key, manifest.to_json())
+        if world().is_main:
+            store.save_manifest(spec.key, manifest.to_json())
     time_poison = time.perf_counter() - start
 
     model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
@@ -151,19 +192,20 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     generator = torch.Generator().manual_seed(derive_seed(spec.seed, "victim-batches"))
     batches = PairBatches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
     stats = train(model, batches, preset.victim, reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
-    save_state_dict(model, store.victim_dir(spec.key) / "model.safetensors")
-    failpoint("checkpoint-saved")  # checkpoint in place, its meta.json (with the checksum) not yet written
     meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
             "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
-            "images_per_second": stats.images_per_second, "device": str(device)}
-    store.save_victim_meta(spec.key, meta)
+            "images_per_second": stats.images_per_second, "device": str(device), "processes": world().size}
+    if world().is_main:
+        save_state_dict(model, store.victim_dir(spec.key) / "model.safetensors")
+        failpoint("checkpoint-saved")  # checkpoint in place, its meta.json (with the checksum) not yet written
+        store.save_victim_meta(spec.key, meta)
     summary.victims_trained += 1
     reporter.log(f"victim {spec.attack} seed {spec.seed}: trained in {stats.seconds:.0f}s "
                  f"({stats.images_per_second:.0f} img/s, final loss {stats.final_loss:.3f})")
     return _Victim({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, meta, attack)
 
 
-def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: ArtifactStore, results: ResultsFile,
+def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: ArtifactStore, results: SharedResults,
               device: torch.device, reporter: Reporter) -> None:
     preset = plan.preset
     tokenizer = tokenizer_for(preset.model.name)
@@ -177,6 +219,8 @@ def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: Ar
     start = time.perf_counter()
     defended: nn.Module = defense.apply(model, task.clean_pairs, context)
     time_defense = time.perf_counter() - start
+    if not world().is_main:  # under torchrun the other ranks only help train; rank 0 evaluates and records
+        return
 
     start = time.perf_counter()
     classifier = classifier_for(defended, tokenizer, task.test_set, device)
@@ -194,6 +238,8 @@ def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: Ar
 
 def _record_failure(plan, cell, error, store, results, device, reporter, summary, stage: str) -> None:
     reason = f"{stage}: {type(error).__name__}: {error}".splitlines()[0][:300]
+    if not world().is_main:
+        return
     path = store.save_cell_error(cell.key, "".join(traceback.format_exception(error)))
     results.upsert(_row(plan, cell, None, {}, device, "failed", reason))
     summary.cells_failed += 1

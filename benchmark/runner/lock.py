@@ -1,4 +1,5 @@
-"""One writer per output folder: a second ``cleanbench run`` on the same folder is refused, naming the holder."""
+"""One runner per output folder (a second `cleanbench run` on it is refused, naming the holder), and short locks
+for the results file that the runner's workers share."""
 
 from __future__ import annotations
 
@@ -39,3 +40,26 @@ class OutputLock:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
             self.handle = None
+
+
+class SharedResults:
+    """``results.csv`` as several writers share it (grid workers, Slurm jobs): each upsert holds an exclusive
+    lock on ``<out>/.results.lock`` only while it re-reads the file, adds its row and rewrites it, so concurrent
+    writers never lose each other's rows. Under DDP only rank 0 writes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def upsert(self, row: dict) -> None:
+        from benchmark.distributed import world
+        from benchmark.results import ResultsFile
+
+        if not world().is_main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / ".results.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # blocks briefly; released on close, or when the process dies
+            try:
+                ResultsFile(self.path).upsert(row)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

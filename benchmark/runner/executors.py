@@ -1,0 +1,242 @@
+"""Where the grid's work runs: in this process, in a pool of local workers (one per GPU), or as Slurm jobs.
+
+The unit of work is a *victim group*: one victim and its pending cells. A victim is trained once and shared by
+all its defenses, so two workers never train the same victim and the group is the natural job; the
+CleanCLIP-scale grid (5 victims × 5 defenses) is 5 jobs, each training one victim and running its 5 defenses.
+
+Workers write every finished cell straight into the shared output folder: artifacts under their own content
+keys (atomic renames), and their row into ``results.csv`` through :class:`~benchmark.runner.lock.SharedResults`
+(a lock held only for the row's read-merge-write). The coordinator (``cleanbench run``) holds the folder's
+:class:`~benchmark.runner.lock.OutputLock` for the whole run, gathers each worker's summary, and records the
+cells of a worker that died (killed, out of memory, out of requeues) as ``failed``; a rerun redoes them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import multiprocessing
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from benchmark.device import Runtime, current_runtime, resolve_device, set_runtime
+from benchmark.errors import UserError
+from benchmark.progress import Reporter
+from benchmark.runner.plan import CellSpec, Plan, VictimSpec
+
+Group = tuple[VictimSpec, list[CellSpec]]
+EXECUTORS = ("local", "slurm")
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a fresh worker process needs to act like the CLI process: plugins and runtime settings."""
+
+    plugins: tuple[str, ...] = ()
+    no_plugin_autoload: bool = False
+    runtime: Runtime = field(default_factory=current_runtime)
+
+    def apply(self) -> None:
+        from benchmark import plugins as plugin_loader
+
+        failures = [] if self.no_plugin_autoload else plugin_loader.load_entry_points()
+        for spec in self.plugins:
+            failures += plugin_loader.load_plugin(spec)
+        for failure in failures:
+            Reporter().log(f"warning: {failure.message()}")
+        set_runtime(self.runtime)
+
+
+class Executor(Protocol):
+    """Runs victim groups and returns the merged summary; rows land in ``out_dir/results.csv`` as cells finish."""
+
+    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device, reporter: Reporter) -> Any:
+        ...
+
+
+class InProcess:
+    """Every group in this process, one after another (the CPU default, and each rank's loop under torchrun)."""
+
+    def run(self, plan, groups, out_dir, device, reporter):
+        from benchmark.runner.execute import RunSummary, run_group
+
+        summary = RunSummary()
+        with reporter.task("grid", total=sum(len(cells) for _, cells in groups)) as advance:
+            for spec, cells in groups:
+                summary.merge(run_group(plan, spec, cells, out_dir, device, reporter, advance))
+        return summary
+
+
+class LocalPool:
+    """``workers`` processes on this machine, each with its own device (GPU i, or the CPU), taking groups as
+    they free up. Worker processes start fresh (``spawn``), so CUDA and plugins initialise cleanly in each."""
+
+    def __init__(self, workers: int, setup: WorkerSetup) -> None:
+        self.workers = workers
+        self.setup = setup
+
+    def run(self, plan, groups, out_dir, device, reporter):
+        from benchmark.runner.execute import RunSummary
+
+        devices = _worker_devices(device, self.workers)
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        for name in devices:
+            queue.put(name)
+        summary = RunSummary()
+        reporter.log(f"executor local: {len(groups)} victim groups on {len(devices)} workers ({', '.join(devices)})")
+        with futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
+                                         initargs=(queue, self.setup)) as pool:
+            jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir)): (spec, cells)
+                    for spec, cells in groups}
+            for job in futures.as_completed(jobs):
+                _gather(plan, jobs[job], job, out_dir, summary, reporter)
+        return summary
+
+
+def _worker_devices(device: torch.device, workers: int) -> list[str]:
+    if device.type == "cuda" and device.index is None:
+        count = torch.cuda.device_count()
+        if workers > count:
+            raise UserError(f"--workers {workers}: only {count} GPUs are visible")
+        return [f"cuda:{i}" for i in range(workers)]
+    return [str(device)] * workers
+
+
+_worker_device: torch.device | None = None
+
+
+def _init_worker(queue, setup: WorkerSetup) -> None:
+    global _worker_device
+    _worker_device = torch.device(queue.get())
+    if _worker_device.type == "cuda":
+        torch.cuda.set_device(_worker_device)
+    setup.apply()
+
+
+def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str):
+    from benchmark.runner.execute import run_group
+
+    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False))
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """Slurm settings of each job (one job per victim group, submitted as one job array)."""
+
+    partition: str = ""
+    timeout_min: int = 240
+    gpus_per_job: int = 1
+    cpus_per_job: int = 8
+    mem_gb: int = 64
+    max_requeue: int = 3
+    array_parallelism: int = 64
+    extra: tuple[tuple[str, str], ...] = ()  # sbatch options: (("account", "abc"), ("qos", "high"))
+
+
+class SlurmExecutor:
+    """Each victim group as a task of one Slurm job array, through ``submitit``.
+
+    A job that hits its time limit or is preempted is requeued (at most ``max_requeue`` times for time-outs,
+    submitit's ``max_num_timeout``) and resumes from the cache: finished victims and cells are not redone, a
+    victim whose training was cut off is trained again from the start. ``gpus_per_job`` > 1 runs each job as
+    that many tasks training with DDP (submitit exports the torchrun variables). ``cluster="local"`` runs the
+    jobs as local processes through submitit's local executor (tests, a workstation).
+    """
+
+    def __init__(self, folder: Path, options: SlurmOptions, setup: WorkerSetup, device_name: str,
+                 cluster: str | None = None) -> None:
+        self.folder = Path(folder)
+        self.options = options
+        self.setup = setup
+        self.device_name = device_name
+        self.cluster = cluster
+
+    def run(self, plan, groups, out_dir, device, reporter):
+        import submitit
+
+        from benchmark.runner.execute import RunSummary
+
+        options = self.options
+        executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster,
+                                         slurm_max_num_timeout=options.max_requeue)
+        parameters: dict[str, Any] = {
+            "name": f"cleanbench-{plan.preset.name}", "timeout_min": options.timeout_min,
+            "gpus_per_node": options.gpus_per_job if self.device_name != "cpu" else 0,
+            "tasks_per_node": max(1, options.gpus_per_job) if self.device_name != "cpu" else 1,
+            "cpus_per_task": options.cpus_per_job, "mem_gb": options.mem_gb,
+            "slurm_array_parallelism": options.array_parallelism,
+        }
+        if options.partition:
+            parameters["slurm_partition"] = options.partition
+        if options.extra:
+            parameters["slurm_additional_parameters"] = dict(options.extra)
+        executor.update_parameters(**parameters)
+        job = GroupJob(self.setup, self.device_name, str(out_dir))
+        jobs = executor.map_array(job, [plan] * len(groups), [spec for spec, _ in groups],
+                                  [cells for _, cells in groups])
+        reporter.log(f"executor slurm: {len(jobs)} jobs ({jobs[0].job_id.split('_')[0] if jobs else '-'}), "
+                     f"logs in {self.folder}")
+        summary = RunSummary()
+        for submitted, group in zip(jobs, groups):
+            _gather(plan, group, submitted, out_dir, summary, reporter)
+        return summary
+
+
+class GroupJob:
+    """One victim group in a Slurm job; requeued by submitit on time-out or preemption (see ``checkpoint``)."""
+
+    def __init__(self, setup: WorkerSetup, device_name: str, out_dir: str) -> None:
+        self.setup = setup
+        self.device_name = device_name
+        self.out_dir = out_dir
+
+    def __call__(self, plan: Plan, spec: VictimSpec, cells: list[CellSpec]):
+        import submitit
+
+        from benchmark import distributed
+        from benchmark.runner.execute import run_group
+
+        self.setup.apply()
+        device = resolve_device(self.device_name)
+        if submitit.JobEnvironment().num_tasks > 1:  # several GPUs for this group: DDP across the job's tasks
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            device = distributed.init_from_env(device)
+        reporter = Reporter(live=False, quiet=not distributed.world().is_main)
+        return run_group(plan, spec, cells, Path(self.out_dir), device, reporter)
+
+    def checkpoint(self, *args: Any, **kwargs: Any):
+        """Requeue with the same arguments: the cache makes the rerun resume where this one stopped."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def _gather(plan: Plan, group: Group, job, out_dir: Path, summary, reporter: Reporter) -> None:
+    """Merge a finished job's summary; a job that died has its unfinished cells recorded as failed."""
+    from benchmark.runner.execute import record_lost_cells
+
+    spec, cells = group
+    try:
+        summary.merge(job.result())
+    except Exception as error:  # noqa: BLE001 - the worker died; its cells are reported and the grid goes on
+        reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
+        record_lost_cells(plan, cells, reason, out_dir, summary, reporter)
+
+
+def make_executor(name: str, *, workers: int, device: torch.device, device_name: str, out_dir: Path,
+                  slurm: SlurmOptions, setup: WorkerSetup) -> Executor:
+    """The executor ``--executor`` names. ``local`` with ``workers`` 0 means one worker per visible GPU, or this
+    process on the CPU."""
+    if name == "local":
+        if workers == 0:
+            workers = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
+        return InProcess() if workers <= 1 else LocalPool(workers, setup)
+    if name == "slurm":
+        if shutil.which("sbatch") is None:
+            raise UserError("--executor slurm: there is no `sbatch` on this machine; run from a Slurm login node")
+        return SlurmExecutor(out_dir / "slurm", slurm, setup, device_name, cluster="slurm")
+    raise UserError(f"--executor {name!r} is not known; choose one of: {', '.join(EXECUTORS)}")

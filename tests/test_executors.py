@@ -1,0 +1,86 @@
+"""The runner's executors: victim groups as submitit jobs (its local executor stands in for Slurm) and as a
+pool of local worker processes give the same rows as each other, gathered in the one shared results.csv, and
+concurrent writers never lose a row."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.presets import load_preset
+from benchmark.results import COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, ResultsFile
+from benchmark.runner import plan_grid, run_plan
+from benchmark.runner.executors import LocalPool, SlurmExecutor, SlurmOptions, WorkerSetup
+from benchmark.runner.lock import SharedResults
+from tests.conftest import TEST_PRESET
+
+CPU = torch.device("cpu")
+SETUP = WorkerSetup(no_plugin_autoload=True)
+
+
+def _plan():
+    """Two cells on two victims (the benign control and badnet, each with no defense): two groups, two jobs.
+    The test preset is shrunk further (the plan travels to the workers whole), to keep each job to seconds."""
+    preset = load_preset(str(TEST_PRESET))
+    preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, train_pairs=128, test_images=100),
+                                 victim=dataclasses.replace(preset.victim, batch_size=32))
+    return plan_grid(preset, ["badnet"], ["none"], [0])
+
+
+def _metrics(out: Path) -> pd.DataFrame:
+    rows = pd.read_csv(out / "results.csv").sort_values("cell_id").reset_index(drop=True)
+    assert (rows.status == "ok").all()
+    return rows[["cell_id", *METRIC_COLUMNS]]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> pd.DataFrame:
+    """The rows of the same plan run in this process, one group after the other."""
+    out = tmp_path_factory.mktemp("in-process")
+    run_plan(_plan(), out, CPU)
+    return _metrics(out)
+
+
+def test_submitit_jobs_run_one_victim_each_and_gather_rows_into_the_shared_results(reference, tmp_path):
+    plan, out = _plan(), tmp_path / "run"
+    executor = SlurmExecutor(out / "slurm", SlurmOptions(timeout_min=5, cpus_per_job=1, mem_gb=4), SETUP, "cpu",
+                             cluster="local")
+    summary = run_plan(plan, out, CPU, executor=executor)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 2, 0)
+    assert len(list((out / "slurm").glob("*_0_result.pkl"))) == 2  # one submitit job per victim group
+    assert set(_metrics(out).cell_id) == {cell.key for cell in plan.cells}
+    pd.testing.assert_frame_equal(_metrics(out), reference)
+
+
+def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
+    plan, out = _plan(), tmp_path / "run"
+    summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 2, 0)
+    pd.testing.assert_frame_equal(_metrics(out), reference)
+    again = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))  # a rerun finds everything done
+    assert (again.victims_trained, again.cells_run, again.cells_skipped) == (0, 0, 2)
+
+
+def _write_rows(path: str, writer: int) -> None:
+    results = SharedResults(Path(path))
+    for index in range(8):
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(schema_version=SCHEMA_VERSION, cell_id=f"{writer}-{index}", status="ok")
+        results.upsert(row)
+
+
+def test_concurrent_writers_never_lose_rows(tmp_path):
+    path = tmp_path / "results.csv"
+    context = multiprocessing.get_context("fork")  # separate processes, each with its own lock handle
+    writers = [context.Process(target=_write_rows, args=(str(path), writer)) for writer in range(4)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(60)
+        assert process.exitcode == 0
+    assert set(ResultsFile(path).rows) == {f"{writer}-{index}" for writer in range(4) for index in range(8)}
