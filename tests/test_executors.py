@@ -84,3 +84,16 @@ def test_concurrent_writers_never_lose_rows(tmp_path):
         process.join(60)
         assert process.exitcode == 0
     assert set(ResultsFile(path).rows) == {f"{writer}-{index}" for writer in range(4) for index in range(8)}
+
+
+def test_executor_choices_are_checked(monkeypatch, tmp_path):
+    from benchmark.errors import UserError
+    from benchmark.runner.executors import InProcess, make_executor
+
+    options = dict(workers=0, device=CPU, device_name="cpu", out_dir=tmp_path, slurm=SlurmOptions(), setup=SETUP)
+    assert isinstance(make_executor("local", **options), InProcess)  # the CPU default: this process
+    with pytest.raises(UserError, match="--executor 'lsf' is not known"):
+        make_executor("lsf", **options)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(UserError, match="no `sbatch` on this machine"):
+        make_executor("slurm", **options)
