@@ -12,16 +12,14 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Union
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from benchmark.config import build_config, config_dict
-from benchmark.data.loader import StreamingPairs
+from benchmark.data.loader import Pairs
 from benchmark.data.pairs import PairSet, to_float, to_uint8
 from benchmark.errors import UserError
-
-Pairs = Union[PairSet, StreamingPairs]  # a split in memory, or one streamed from disk
 
 
 @dataclass(frozen=True)
@@ -114,6 +112,12 @@ class Attack(ABC):
         for i, caption in zip(indices.tolist(), changed.captions):
             poisoned.captions[i] = caption
         return poisoned, manifest
+
+    def poisons_selected_only(self) -> bool:
+        """Whether :meth:`poison` changes nothing but what :meth:`select` and :meth:`poison_selected` change, so a
+        streamed split (whose other pairs are never in memory) can be poisoned. An attack that overrides
+        ``poison`` says when this still holds."""
+        return type(self).poison is Attack.poison
 
     def poison_selected(self, chosen: PairSet, indices: torch.Tensor, target: PoisonTarget,
                         generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:

@@ -13,7 +13,8 @@ Two variants, chosen with ``variant``:
   ``noise_mode = true`` adds WaNet's "noise mode": ``cross_ratio`` × (poison count) further pairs, not
   poisoned, are warped with the backdoor field plus random per-pixel noise (a fresh ``U(-1, 1) / size`` per
   image, as WaNet's ``grid_temps + (rand*2-1)/input_height``) and keep their own captions, so the model must
-  learn the exact field rather than "any warp". The manifest lists them under ``extra["noise_mode"]``.
+  learn the exact field rather than "any warp". The manifest lists them under ``extra["noise_mode"]``. Noise mode
+  needs the training pairs in memory (it changes pairs it did not select); a streamed split refuses it.
 
 ``k`` and ``s`` can be set explicitly for either variant (e.g. ``s = 0.6`` as in the attack-cleanclip fork).
 
@@ -106,6 +107,10 @@ class WaNet(Attack):
                             f"{tuple(grid.shape[1:3])} (the preset's image size)")
         grid = grid.to(images.device, images.dtype).expand(len(images), -1, -1, -1)
         return F.grid_sample(images, grid, align_corners=True).clamp(0.0, 1.0)
+
+    def poisons_selected_only(self) -> bool:
+        """Noise mode warps further, unselected pairs: not possible on a streamed training split."""
+        return not self.config.noise_mode
 
     def poison(self, pairs: PairSet, target: PoisonTarget, count: int,
                generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:

@@ -64,11 +64,10 @@ def poison_split(attack: Attack, pairs: PairSet | StreamingPairs, target: Poison
     manifest of what changed."""
     if isinstance(pairs, PairSet):
         return attack.poison(pairs, target, count, generator)
-    overridden = type(attack).poison is not Attack.poison and type(attack).poison_selected is Attack.poison_selected
-    if overridden:
-        raise UserError(f"attack {attack.name} overrides poison() but not poison_selected(), so it cannot poison a "
-                        f"streamed training split; implement poison_selected, or raise data.memory_gb so the "
-                        f"{len(pairs)} training pairs are held in memory")
+    if not attack.poisons_selected_only():
+        raise UserError(f"attack {attack.name} (with this config) changes more pairs than it selects, which a streamed "
+                        f"training split cannot hold; raise data.memory_gb so the {len(pairs)} training pairs are "
+                        f"held in memory, or change the attack's config")
     size = pairs.image_size
     if count * 3 * size * size > memory_gb * GB:
         raise UserError(f"{count} poisoned images at {size} px ({count * 3 * size * size / GB:.1f} GB) exceed "

@@ -19,9 +19,10 @@ Departures from the official code (nishadsinghi/CleanCLIP), all deliberate:
   poisoned checkpoint's pretraining AdamW moments (``src/main.py`` L133, reference §4, §8.4 item 6).
 - Hyperparameters: epochs, batch size, LR, weight decay and AdamW betas/eps come from the preset's
   ``[finetune]`` recipe, shared by every defense for a fair comparison (the paper: 10 epochs, batch 64, lr 1e-5).
-- Augmentation runs on the preset's in-memory uint8 images at the model's resolution, not on a 224 px PIL image
-  before Resize/CenterCrop; it uses ``torchvision.transforms.v2.AutoAugment`` (same ImageNet policy, nearest
-  interpolation, no fill), 1.7× faster than v1 on 32 px uint8 tensors (0.53 vs 0.93 ms per image).
+- Augmentation runs on the decoded uint8 images at the model's resolution (held in memory, or decoded from
+  disk by the workers of a streamed split), not on a 224 px PIL image before Resize/CenterCrop; it uses
+  ``torchvision.transforms.v2.AutoAugment`` (same ImageNet policy, nearest interpolation, no fill), 1.7×
+  faster than v1 on 32 px uint8 tensors (0.53 vs 0.93 ms per image).
 - EDA: seeded and reproducible (see :mod:`benchmark.text_augment` for its own small deviations).
 - λ2 = 0 is plain CLIP finetuning: no augmented views are made or forwarded (the official code still forwards
   them with ``--inmodal``, which only matters for BatchNorm statistics).
@@ -41,11 +42,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from benchmark.config import check_range
+from benchmark.data.loader import Pairs
 from benchmark.data.pairs import PairSet
+from benchmark.data.streaming_batches import pair_batches, rank_batches, to_device
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
 from benchmark.text_augment import EDA
-from benchmark.training import Batch, Normalizer, PairBatches, clip_loss, train
+from benchmark.training import Batch, Normalizer, clip_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
 
@@ -107,10 +110,8 @@ class AugmentedViews(Dataset):
     """Index, original uint8 image and an AutoAugment'ed copy, drawn anew on every access (in a worker)."""
 
     def __init__(self, images: torch.Tensor) -> None:
-        from torchvision.transforms import v2
-
         self.images = images
-        self.augment = v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+        self.augment = auto_augment()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -120,13 +121,25 @@ class AugmentedViews(Dataset):
         return index, image, self.augment(image)
 
 
+def auto_augment():
+    """torchvision's AutoAugment with the ImageNet policy, on uint8 image tensors."""
+    from torchvision.transforms import v2
+
+    return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
+
+
 class CleanCLIPBatches:
     """Shuffled batches of original and augmented views; images come from DataLoader workers, while captions
-    are tokenised in the main process so that an epoch's EDA redraw reaches every (persistent) worker."""
+    are tokenised in the main process so that an epoch's EDA redraw reaches every (persistent) worker.
 
-    def __init__(self, pairs: PairSet, tokenizer, normalizer: Normalizer, batch_size: int, seed: int,
+    In-memory pairs are augmented by :class:`AugmentedViews`; a streamed split's workers decode each image and
+    augment it in the same worker, each rank its share of every global batch (``sharded``). The captions of a
+    streamed split are read (without images) and tokenised once, like those in memory.
+    """
+
+    def __init__(self, pairs: Pairs, tokenizer, normalizer: Normalizer, batch_size: int, seed: int,
                  device: torch.device, *, eda: EDA, redraw_text: bool, num_workers: int) -> None:
-        self.captions = pairs.captions
+        self.captions = list(pairs.captions)
         self.tokenizer = tokenizer
         self.normalize = normalizer
         self.device = device
@@ -136,26 +149,40 @@ class CleanCLIPBatches:
         self.tokens = tokenizer(self.captions)
         self.augmented_tokens = tokenizer(eda.augment_all(self.captions, self.text_rng))
         self.epochs_started = 0
+        self.batch_size = min(batch_size, len(pairs))
+        self.sharded = not isinstance(pairs, PairSet)
+        if self.sharded:  # streamed: decoded (and augmented) by the split's own workers
+            self.stream, self.loader = pairs, None
+            self.generator = torch.Generator().manual_seed(derive_seed(seed, "batches"))
+            return
         self.loader = DataLoader(
-            AugmentedViews(pairs.images), batch_size=min(batch_size, len(pairs)), shuffle=True, drop_last=True,
+            AugmentedViews(pairs.images), batch_size=self.batch_size, shuffle=True, drop_last=True,
             num_workers=num_workers, persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
             generator=torch.Generator().manual_seed(derive_seed(seed, "batches")),
         )
 
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.loader) if self.loader is not None else max(1, len(self.stream) // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.redraw_text and self.epochs_started > 0:
             self.augmented_tokens = self.tokenizer(self.eda.augment_all(self.captions, self.text_rng))
         self.epochs_started += 1
-        for index, images, augmented in self.loader:
+        for index, images, augmented in self._views():
             yield {
                 "images": self.normalize(images.to(self.device, non_blocking=True)),
                 "augmented_images": self.normalize(augmented.to(self.device, non_blocking=True)),
                 "texts": self.tokens[index].to(self.device),
                 "augmented_texts": self.augmented_tokens[index].to(self.device),
             }
+
+    def _views(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(indices in the split, original uint8 images, augmented uint8 images) per batch."""
+        if self.loader is not None:
+            yield from self.loader
+            return
+        for batch in rank_batches(self.stream, self.batch_size, self.generator, self.device, augment=auto_augment()):
+            yield batch["index"], to_device(batch["images"], self.device), to_device(batch["augmented"], self.device)
 
 
 @DEFENSES.register()
@@ -166,13 +193,13 @@ class CleanCLIP(Defense):
     version = "1"
     Config = CleanCLIPConfig
 
-    def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
+    def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
         config = self.config
         if len(clean_data) < 2:
             raise UserError(f"{self.name} needs at least 2 clean pairs, got {len(clean_data)}")
         recipe = context.recipe_with(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
         if config.inmodal_weight == 0:
-            batches = PairBatches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size,
+            batches = pair_batches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size,
                                   torch.Generator().manual_seed(context.seed), context.device)
         else:
             batches = CleanCLIPBatches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size,

@@ -1,7 +1,8 @@
 """Plain multimodal contrastive finetuning on clean pairs: the CleanCLIP paper's "MMCL finetuning" baseline.
 
 Same loss as CLIP pretraining (open_clip's ``ClipLoss``), on the preset's clean pairs, with the preset's
-finetuning recipe (reference §4: AdamW, weight decay 0.1, cosine schedule with warmup).
+finetuning recipe (reference §4: AdamW, weight decay 0.1, cosine schedule with warmup). The clean pairs may be
+held in memory or streamed from disk (:mod:`benchmark.data.streaming_batches`).
 
 Deviations from the CleanCLIP code: no AdamW moments are carried over from the victim's optimizer (the official
 ``--complete_finetune`` path loads them, reference §4); warmup happens from step 0 (the official step offset
@@ -16,8 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from benchmark.data.pairs import PairSet
-from benchmark.training import Normalizer, PairBatches, clip_loss, train
+from benchmark.data.loader import Pairs
+from benchmark.data.streaming_batches import pair_batches
+from benchmark.training import Normalizer, clip_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
 
@@ -43,10 +45,10 @@ class Finetune(Defense):
     version = "1"
     Config = FinetuneConfig
 
-    def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
+    def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
         recipe = context.recipe_with(epochs=self.config.epochs, lr=self.config.lr, batch_size=self.config.batch_size)
         generator = torch.Generator().manual_seed(context.seed)
-        batches = PairBatches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size, generator,
+        batches = pair_batches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size, generator,
                               context.device)
         train(model, batches, recipe, loss_fn=clip_loss, reporter=context.reporter, description=f"defense {self.name}")
         return model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
@@ -173,6 +173,9 @@ class StreamingPairs:
                 if augment is not None:
                     out["augmented"] = batch.augmented
                 yield out
+
+
+Pairs = Union[PairSet, StreamingPairs]  # a split of pairs: in memory, or streamed from disk
 
 
 class LazyCaptions(Sequence[str]):
