@@ -204,11 +204,12 @@ class NanLossDefense(DEFENSES.get("none")):
     """Finetuning whose loss is NaN from the first step (an exploding learning rate, in one line)."""
 
     name = "nan-loss"
+    factor = float("nan")  # a test sets 1.0 to let the retry succeed
 
     def apply(self, model, clean_data, context):
         batches = PairBatches(clean_data, context.tokenizer, Normalizer(model), context.recipe.batch_size,
                               torch.Generator().manual_seed(context.seed), context.device)
-        train(model, batches, context.recipe, loss_fn=lambda m, b: clip_loss(m, b) * float("nan"),
+        train(model, batches, context.recipe, loss_fn=lambda m, b: clip_loss(m, b) * self.factor,
               description=f"defense {self.name}")
         return model
 
@@ -231,11 +232,23 @@ def test_nan_loss_and_raising_plugins_fail_only_their_cells(reference, tmp_path)
         plan = plan_grid(load_preset(str(reference.preset)), ["badnet", "exploding-trigger"],
                          ["none", "finetune", "nan-loss"], [0])
         summary = run_plan(plan, out, CPU)
+        check_failed_cells(summary, out, reference)
+        NanLossDefense.factor = 1.0  # the cause is fixed: a rerun retries exactly the failed cells
+        retry = run_plan(plan_grid(load_preset(str(reference.preset)), ["badnet"], ["none", "nan-loss"], [0]), out, CPU)
     finally:
+        NanLossDefense.factor = float("nan")
         DEFENSES._entries.pop("nan-loss")
         ATTACKS._entries.pop("exploding-trigger")
-    assert (summary.cells_skipped, summary.cells_failed, summary.cells_run) == (4, 5, 0)
+    assert (retry.cells_skipped, retry.cells_run, retry.cells_failed) == (2, 2, 0)
     table = pd.read_csv(out / "results.csv", keep_default_na=False)
+    retried = table[(table.defense == "nan-loss") & (table.attack != "exploding-trigger")]
+    assert len(table) == 9 and len(retried) == 2 and (retried.status == "ok").all()
+    assert not any((out / "cache" / "cells" / cell_id / "error.txt").exists() for cell_id in retried.cell_id)
+
+
+def check_failed_cells(summary, out: Path, reference: Reference) -> None:
+    assert (summary.cells_skipped, summary.cells_failed, summary.cells_run) == (4, 5, 0)
+    table = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
     failed = table[table.status == "failed"]
     assert sorted(zip(failed.attack, failed.defense)) == [
         ("badnet", "nan-loss"), ("exploding-trigger", "finetune"), ("exploding-trigger", "nan-loss"),
@@ -247,7 +260,7 @@ def test_nan_loss_and_raising_plugins_fail_only_their_cells(reference, tmp_path)
     for cell_id, reason in zip(failed.cell_id, failed.reason):
         traceback_text = (out / "cache" / "cells" / cell_id / "error.txt").read_text()
         assert traceback_text.startswith("Traceback") and reason.split(": ", 2)[2] in traceback_text
-    ok = table[table.status == "ok"].sort_values("cell_id")[ROW_COLUMNS].astype(str).reset_index(drop=True)
+    ok = table[table.status == "ok"].sort_values("cell_id")[ROW_COLUMNS].reset_index(drop=True)
     pd.testing.assert_frame_equal(ok, rows(reference.out))  # the cells that worked are untouched
 
 

@@ -51,6 +51,7 @@ class ArtifactStore:
 
     def save_cell_metrics(self, key: str, record: dict[str, Any]) -> None:
         write_json_atomic(self.cell_dir(key) / "metrics.json", record)
+        (self.cell_dir(key) / "error.txt").unlink(missing_ok=True)  # a failed try's traceback, now outdated
 
     def save_cell_error(self, key: str, text: str) -> Path:
         path = self.cell_dir(key) / "error.txt"
