@@ -5,6 +5,7 @@ concurrent writers never lose a row."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import multiprocessing
 from pathlib import Path
 
@@ -64,6 +65,18 @@ def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
     pd.testing.assert_frame_equal(_metrics(out), reference)
     again = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))  # a rerun finds everything done
     assert (again.victims_trained, again.cells_run, again.cells_skipped) == (0, 0, 2)
+
+
+@pytest.mark.slow
+def test_a_job_with_two_tasks_trains_its_victim_with_ddp(reference, tmp_path):
+    """``--gpus 2`` with Slurm: each job runs two tasks that train together (gloo on the CPU here)."""
+    plan, out = _plan(), tmp_path / "run"
+    options = SlurmOptions(timeout_min=5, cpus_per_job=1, mem_gb=4, gpus_per_job=2)
+    summary = run_plan(plan, out, CPU, executor=SlurmExecutor(out / "slurm", options, SETUP, "cpu", cluster="local"))
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 2, 0)
+    metas = [json.loads(path.read_text()) for path in (out / "cache" / "victims").glob("*/meta.json")]
+    assert [meta["processes"] for meta in metas] == [2, 2]
+    assert set(_metrics(out).cell_id) == set(reference.cell_id)
 
 
 def _write_rows(path: str, writer: int) -> None:

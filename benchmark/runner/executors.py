@@ -166,7 +166,7 @@ class SlurmExecutor:
         parameters: dict[str, Any] = {
             "name": f"cleanbench-{plan.preset.name}", "timeout_min": options.timeout_min,
             "gpus_per_node": options.gpus_per_job if self.device_name != "cpu" else 0,
-            "tasks_per_node": max(1, options.gpus_per_job) if self.device_name != "cpu" else 1,
+            "tasks_per_node": max(1, options.gpus_per_job),  # one task per GPU (on the CPU: gloo processes)
             "cpus_per_task": options.cpus_per_job, "mem_gb": options.mem_gb,
             "slurm_array_parallelism": options.array_parallelism,
         }
@@ -221,7 +221,8 @@ def _gather(plan: Plan, group: Group, job, out_dir: Path, summary, reporter: Rep
 
     spec, cells = group
     try:
-        summary.merge(job.result())
+        # a submitit job with several tasks (DDP) returns one summary per task: rank 0's counts the group once
+        summary.merge(job.results()[0] if hasattr(job, "results") else job.result())
     except Exception as error:  # noqa: BLE001 - the worker died; its cells are reported and the grid goes on
         reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
         record_lost_cells(plan, cells, reason, out_dir, summary, reporter)
