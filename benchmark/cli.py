@@ -86,7 +86,10 @@ def run(
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")
     if attack_names:  # the leaderboard page embeds what each trigger looks like
-        draw_gallery(chosen_preset, attack_names, out / GALLERY)
+        try:
+            draw_gallery(chosen_preset, attack_names, out / GALLERY)
+        except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
+            reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
     if (out / "results.csv").exists():
         reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
     if summary.cells_failed:
