@@ -9,12 +9,16 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from benchmark.checkpoints import load_weights, looks_like_path
 from benchmark.errors import UserError
+
+if TYPE_CHECKING:
+    from benchmark.presets import ModelSpec
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -59,12 +63,9 @@ def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = F
     return model
 
 
-def model_from_spec(spec, seed: int = 0) -> nn.Module:
-    """The victim's starting model for a preset's ``[model]`` section: ``name``, ``pretrained`` (tag or file;
-    ``checkpoint`` is its older name for a file) and ``allow_torchscript``."""
-    pretrained = getattr(spec, "pretrained", "") or getattr(spec, "checkpoint", "")
-    return create_model(spec.name, pretrained=pretrained, allow_torchscript=getattr(spec, "allow_torchscript", False),
-                        seed=seed)
+def model_from_spec(spec: "ModelSpec", seed: int = 0) -> nn.Module:
+    """The victim's starting model for a preset's ``[model]`` section."""
+    return create_model(spec.name, pretrained=spec.pretrained, allow_torchscript=spec.allow_torchscript, seed=seed)
 
 
 @functools.lru_cache(maxsize=4)

@@ -89,8 +89,11 @@ class ModelSpec:
     """The victim architecture (an open_clip name) and, optionally, the weights it starts from."""
 
     name: str = "cleanbench-vit-tiny"
-    checkpoint: str = ""  # a local .safetensors / .pt file to start from instead of random init
-    pretrained: str = ""  # an open_clip pretrained tag (e.g. "openai") or a weights file; read by benchmark.models
+    # Start from these weights instead of a random init: an open_clip pretrained tag ("openai", downloaded on first
+    # use) or a local .safetensors / .pt / .bin file, read without running pickled code (benchmark.checkpoints).
+    pretrained: str = ""
+    # OpenAI's original TorchScript files run the program they contain when loaded: only with this set.
+    allow_torchscript: bool = False
 
 
 @dataclass(frozen=True)

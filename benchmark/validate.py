@@ -112,7 +112,7 @@ def _describe_grid(plan: Plan) -> list[str]:
     from defenses import DEFENSES
 
     preset = plan.preset
-    weights = getattr(preset.model, "pretrained", "") or preset.model.checkpoint
+    weights = preset.model.pretrained
     victim_steps = preset.data.train_pairs // preset.victim.batch_size * preset.victim.epochs
     attacks = sorted({v.attack for v in plan.victims})
     seeds = sorted({v.seed for v in plan.victims})

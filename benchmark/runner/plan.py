@@ -122,7 +122,7 @@ def check_model(preset: Preset) -> None:
         raise UserError(f"data.image_size = {preset.data.image_size} does not fit model {name}, which takes "
                         f"{'x'.join(map(str, size)) if isinstance(size, (list, tuple)) else size} px images; "
                         f"set data.image_size = {min(sizes)} or choose another model")
-    weights = getattr(preset.model, "pretrained", "") or getattr(preset.model, "checkpoint", "")
+    weights = preset.model.pretrained
     if weights and looks_like_path(weights):
         model_from_spec(preset.model)
 
