@@ -28,11 +28,13 @@ from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
 from benchmark.checkpoints import read_state_dict, save_state_dict
 from benchmark.config import config_dict
+from benchmark.data.streaming_batches import pair_batches
 from benchmark.distributed import barrier, world
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate
 from benchmark.models import create_model, model_from_spec, tokenizer_for
+from benchmark.poisoning import poison_split
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit
 from benchmark.results import SCHEMA_VERSION, ResultsFile
@@ -42,7 +44,7 @@ from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
 from benchmark.storage import remove_stale_temporaries
 from benchmark.task import Task, build_task
-from benchmark.training import Normalizer, PairBatches, train
+from benchmark.training import Normalizer, train
 from defenses import DEFENSES
 from defenses.base import DefenseContext
 
@@ -181,7 +183,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
                               lambda generator: task.captions.caption(task.target_index, generator),
                               synonyms=tuple(preset.text.synonyms[task.target_index]))
         generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
-        pairs, manifest = attack.poison(pairs, target, spec.poison_count, generator)
+        pairs, manifest = poison_split(attack, pairs, target, spec.poison_count, generator, preset.data.memory_gb)
         if world().is_main:
             store.save_manifest(spec.key, manifest.to_json())
     time_poison = time.perf_counter() - start
@@ -190,7 +192,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
     model.to(device)
     tokenizer = tokenizer_for(preset.model.name)
     generator = torch.Generator().manual_seed(derive_seed(spec.seed, "victim-batches"))
-    batches = PairBatches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
+    batches = pair_batches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
     stats = train(model, batches, preset.victim, reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
     meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
             "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
