@@ -67,7 +67,8 @@ def write_fault_preset(path: Path) -> Path:
     for key, value in SIZES.items():
         text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
         assert count >= 1, key
-    path.write_text(text + '\n[attacks.exploding-trigger]\npoison_rate = 0.05\n')
+    path.write_text(text + "".join(f"\n[attacks.{name}]\npoison_rate = 0.05\n"
+                                   for name in ("exploding-trigger", "raising-trigger")))
     return path
 
 
@@ -262,6 +263,42 @@ def check_failed_cells(summary, out: Path, reference: Reference) -> None:
         assert traceback_text.startswith("Traceback") and reason.split(": ", 2)[2] in traceback_text
     ok = table[table.status == "ok"].sort_values("cell_id")[ROW_COLUMNS].reset_index(drop=True)
     pd.testing.assert_frame_equal(ok, rows(reference.out))  # the cells that worked are untouched
+
+
+RAISING_PLUGIN = '''
+from attacks import ATTACKS
+from attacks.badnet import BadNet
+
+
+@ATTACKS.register()
+class RaisingTrigger(BadNet):
+    """A plugin attack whose trigger raises."""
+
+    name = "raising-trigger"
+
+    def apply(self, images, generator):
+        raise RuntimeError("the plugin trigger raised")
+'''
+
+
+def test_cli_run_with_a_raising_plugin_fails_its_cells_and_still_writes_the_leaderboard(reference, tmp_path, cli):
+    out, plugin = tmp_path / "cli", tmp_path / "raising.py"
+    shutil.copytree(reference.out, out)
+    plugin.write_text(RAISING_PLUGIN)
+    try:
+        code, _, err = cli("run", "--preset", reference.preset, "--plugin", plugin, "--attacks", "badnet,raising-trigger",
+                           "--defenses", "none,finetune", "--seeds", "0", "--out", out, "--no-plugin-autoload")
+    finally:
+        ATTACKS._entries.pop("raising-trigger", None)
+        sys.modules.pop("cleanbench_plugin_raising", None)
+    assert code == 1 and "Traceback" not in err
+    table = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)
+    failed = table[table.attack == "raising-trigger"]
+    assert len(table) == 6 and len(failed) == 2 and (table[table.attack != "raising-trigger"].status == "ok").all()
+    assert (failed.reason == "victim: RuntimeError: the plugin trigger raised").all()
+    for cell_id in failed.cell_id:
+        assert "the plugin trigger raised" in (out / "cache" / "cells" / cell_id / "error.txt").read_text()
+    assert "raising-trigger" in (out / "index.html").read_text()
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
