@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from attacks import ATTACKS
-from benchmark.faults import ENV, TRACE_ENV
+from benchmark.faults import ENV, POINTS, TRACE_ENV
 from benchmark.presets import load_preset
 from benchmark.results import METRIC_COLUMNS
 from benchmark.runner import plan_grid, run_plan
@@ -151,6 +151,7 @@ def test_the_reference_run_reaches_every_kind_of_failpoint(reference):
     assert reference.hits["checkpoint-saved"] == reference.hits["before-rename:model.safetensors"] == 2
     assert reference.hits["before-rename:meta.json"] == 2 and reference.hits["before-rename:metrics.json"] == 4
     assert len(kill_points(reference.hits, KILLS, SEED)) >= 10
+    assert {point.split(":")[0] for point in reference.hits} == {point.split(":")[0] for point in POINTS}  # documented
 
 
 @pytest.mark.parametrize("index", range(KILLS))
