@@ -140,6 +140,7 @@ def list_components(
 ) -> None:
     """List the registered attacks, defenses or presets, with versions and where each comes from."""
     from rich.console import Console
+    from rich.markup import escape  # plugin docstrings and errors are text, not rich markup
     from rich.table import Table
 
     load_plugins(plugin, no_plugin_autoload)
@@ -162,9 +163,9 @@ def list_components(
             try:
                 cls = registry.get(name)
                 summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-                table.add_row(name, str(cls.version), registry.source(name), summary)
+                table.add_row(*map(escape, (name, str(cls.version), registry.source(name), summary)))
             except Exception as error:  # noqa: BLE001 - a broken plugin is listed, not fatal
-                table.add_row(name, "?", registry.source(name), f"failed to load: {error}")
+                table.add_row(*map(escape, (name, "?", registry.source(name), f"failed to load: {error}")))
     else:
         raise UserError(f"cannot list {kind!r}; choose one of: attacks, defenses, presets")
     Console(width=140).print(table)

@@ -63,6 +63,14 @@ def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = F
     return model
 
 
+def model_config(name: str) -> dict | None:
+    """open_clip's config of architecture ``name`` (cleanbench's own included), or None if there is none."""
+    import open_clip
+
+    _register_configs()
+    return open_clip.get_model_config(name)
+
+
 def model_from_spec(spec: "ModelSpec", seed: int = 0) -> nn.Module:
     """The victim's starting model for a preset's ``[model]`` section."""
     return create_model(spec.name, pretrained=spec.pretrained, allow_torchscript=spec.allow_torchscript, seed=seed)

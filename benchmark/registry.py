@@ -56,6 +56,10 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` if registered (tests and notebooks that load a plugin file more than once)."""
+        self._entries.pop(name, None)
+
     def register(self, name: str | None = None, *, source: str | None = None) -> Callable[[type[T]], type[T]]:
         """Class decorator: ``@ATTACKS.register()`` registers under the class's ``name`` attribute."""
 

@@ -239,8 +239,8 @@ def test_nan_loss_and_raising_plugins_fail_only_their_cells(reference, tmp_path)
         retry = run_plan(plan_grid(load_preset(str(reference.preset)), ["badnet"], ["none", "nan-loss"], [0]), out, CPU)
     finally:
         NanLossDefense.factor = float("nan")
-        DEFENSES._entries.pop("nan-loss")
-        ATTACKS._entries.pop("exploding-trigger")
+        DEFENSES.unregister("nan-loss")
+        ATTACKS.unregister("exploding-trigger")
     assert (retry.cells_skipped, retry.cells_run, retry.cells_failed) == (2, 2, 0)
     table = pd.read_csv(out / "results.csv", keep_default_na=False)
     retried = table[(table.defense == "nan-loss") & (table.attack != "exploding-trigger")]
@@ -290,7 +290,7 @@ def test_cli_run_with_a_raising_plugin_fails_its_cells_and_still_writes_the_lead
         code, _, err = cli("run", "--preset", reference.preset, "--plugin", plugin, "--attacks", "badnet,raising-trigger",
                            "--defenses", "none,finetune", "--seeds", "0", "--out", out, "--no-plugin-autoload")
     finally:
-        ATTACKS._entries.pop("raising-trigger", None)
+        ATTACKS.unregister("raising-trigger")
         sys.modules.pop("cleanbench_plugin_raising", None)
     assert code == 1 and "Traceback" not in err
     table = pd.read_csv(out / "results.csv", dtype=str, keep_default_na=False)

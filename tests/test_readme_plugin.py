@@ -35,4 +35,4 @@ def test_readme_plugin_defense_loads_and_runs(tmp_path):
         out = defense.apply(model, pairs, context)
         assert any(not torch.equal(a, b) for a, b in zip(before, out.parameters()))
     finally:
-        DEFENSES._entries.pop("my-defense", None)
+        DEFENSES.unregister("my-defense")

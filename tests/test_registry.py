@@ -86,7 +86,7 @@ def test_entry_point_plugin_from_an_installed_distribution(tmp_path, monkeypatch
         assert DEFENSES.get("throwaway").version == "7"
         assert DEFENSES.source("throwaway") == "package 'throwaway-defense'"
     finally:
-        DEFENSES._entries.pop("throwaway", None)
+        DEFENSES.unregister("throwaway")
         sys.modules.pop("throwaway_defense", None)
 
 
@@ -118,7 +118,7 @@ def test_local_file_plugin(tmp_path):
         assert DEFENSES.get("my-defense").version == "7"
         assert DEFENSES.source("my-defense") == f"file '{path}'"
     finally:
-        DEFENSES._entries.pop("my-defense", None)
+        DEFENSES.unregister("my-defense")
 
 
 def test_local_file_plugin_that_fails_to_import_is_reported(tmp_path):

@@ -113,7 +113,7 @@ def test_failing_defense_marks_only_its_cells_failed(finished_run, tmp_path):
         plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "exploding"], [0])
         summary = run_plan(plan, out, CPU)
     finally:
-        DEFENSES._entries.pop("exploding")
+        DEFENSES.unregister("exploding")
     assert summary.cells_failed == 2 and summary.cells_skipped == 2
     results = pd.read_csv(out / "results.csv")
     failed = results[results.defense == "exploding"]

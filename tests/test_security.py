@@ -171,7 +171,7 @@ def test_registries_refuse_names_with_path_syntax(name):
 def test_ordinary_names_are_accepted():
     for name in ("my-defense", "ssl_only", "v1.2", "a+b"):
         DEFENSES.add(name, "defenses.none:NoDefense", source="test")
-        DEFENSES._entries.pop(name)
+        DEFENSES.unregister(name)
 
 
 def test_a_preset_named_like_a_path_is_refused(tmp_path):
@@ -232,7 +232,7 @@ def installed_plugin(tmp_path, monkeypatch):
     monkeypatch.delenv(plugins.AUTOLOAD_ENV, raising=False)
     monkeypatch.setattr(plugins, "_autoloaded", False)
     yield marker
-    DEFENSES._entries.pop("autoloaded", None)
+    DEFENSES.unregister("autoloaded")
     sys.modules.pop("autoloaded_plugin", None)
 
 
@@ -253,3 +253,38 @@ def test_plugin_autoload_is_on_by_default_and_skips_a_name_with_path_syntax(cli,
     assert "../evil" not in DEFENSES
     assert f"warning: plugin '../evil' from package 'autoloaded-plugin' failed to load and was skipped: UserError: " \
            f"defense name '../evil' from package 'autoloaded-plugin' is not allowed: {NAME_RULE}" in err
+
+
+MARKUP_PLUGIN = """
+from dataclasses import dataclass
+
+from attacks import ATTACKS
+from attacks.base import Attack
+
+
+@dataclass(frozen=True)
+class Config:
+    pass
+
+
+@ATTACKS.register()
+class Markup(Attack):
+    '''[/bold] closes a tag it never opened [link=file:///etc/passwd]x[/link]'''
+
+    name = "markup-docstring"
+    Config = Config
+
+    def apply(self, images, generator):
+        return images
+"""
+
+
+def test_cleanbench_list_shows_plugin_docstrings_as_text_not_rich_markup(cli, tmp_path):
+    plugin = tmp_path / "markup.py"
+    plugin.write_text(MARKUP_PLUGIN)
+    try:
+        code, out, _ = cli("list", "attacks", "--plugin", plugin, "--no-plugin-autoload")
+    finally:
+        ATTACKS.unregister("markup-docstring")
+    assert code == 0
+    assert "[/bold]" in out and "[link=file:///etc/passwd]" in out.replace("\n", "")

@@ -106,14 +106,11 @@ def check_model(preset: Preset) -> None:
     """Refuse a model the preset cannot use, before anything is written: an unknown architecture, an image size
     its vision tower does not take (positional embeddings are sized for one resolution), or a weights file that
     does not load safely into it (a failure inside the grid would only show up as failed rows)."""
-    import open_clip
-
     from benchmark.checkpoints import looks_like_path
-    from benchmark.models import _register_configs, model_from_spec
+    from benchmark.models import model_config, model_from_spec
 
-    _register_configs()
     name = preset.model.name
-    config = open_clip.get_model_config(name)
+    config = model_config(name)
     if config is None:
         model_from_spec(preset.model)  # raises the unknown-model message with its did-you-mean
     size = config["vision_cfg"].get("image_size", preset.data.image_size)
