@@ -234,3 +234,35 @@ def test_an_attack_that_changes_unselected_pairs_refuses_a_streamed_split(splits
     badnet = ATTACKS.get("badnet").from_settings({}, context=AttackContext(32, 0, CPU))
     with pytest.raises(UserError, match="4 poisoned images at 32 px .* exceed data.memory_gb = 1e-06"):
         poison_split(badnet, stream, target, 4, torch.Generator().manual_seed(0), 1e-6)
+
+
+def _share_worker(rank: int, init_file: str, shards: str, out_dir: str) -> None:
+    """One gloo rank: its shares of a streamed epoch whose split holds an unreadable image."""
+    import torch.distributed as dist
+
+    from benchmark.data.streaming_batches import rank_batches
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        source = open_source(SourceSpec("webdataset", shards), "train")
+        stream = StreamingPairs(source, np.arange(len(source)), 32, 0, BadImageBudget(5))
+        shares = [b["index"].tolist() for b in rank_batches(stream, 8, torch.Generator().manual_seed(5), CPU)]
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(shares))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_cut_their_shares_to_the_same_length_when_an_image_is_unreadable(tmp_path):
+    import torch.multiprocessing as mp
+
+    shards = make.write_webdataset(tmp_path / "wds", 32, corrupt=1)  # pair 0 cannot be decoded
+    mp.spawn(_share_worker, args=(str(tmp_path / "rendezvous"), str(shards), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    source = open_source(SourceSpec("webdataset", str(shards)), "train")
+    whole = StreamingPairs(source, np.arange(32), 32, 0, BadImageBudget(5))
+    order = [b["index"].tolist() for b in whole.batches(8, torch.Generator().manual_seed(5))]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    for step, (first, second) in enumerate(zip(*ranks)):
+        assert len(first) == len(second)  # equal shares: open_clip's loss gathers them
+        assert set(first + second) <= set(order[step]) and 0 not in first + second
+    assert sum(len(share) for share in ranks[0] + ranks[1]) == 30  # the bad pair and its partner's last pair cut
