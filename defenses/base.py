@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from benchmark.config import build_config
-from benchmark.data.pairs import EvalSet, PairSet
+from benchmark.data.loader import Pairs
+from benchmark.data.pairs import EvalSet
 from benchmark.progress import Reporter
 from benchmark.training_recipe import TrainRecipe
 
@@ -70,6 +71,7 @@ class Defense(ABC):
         return cls(build_config(cls.Config, settings, f"defenses.{cls.name}"))
 
     @abstractmethod
-    def apply(self, model: nn.Module, clean_data: PairSet, context: DefenseContext) -> nn.Module:
-        """Return the defended model (the input may be modified in place)."""
+    def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
+        """Return the defended model (the input may be modified in place). ``clean_data`` is in memory or streamed
+        from disk (:func:`benchmark.data.streaming_batches.pair_batches` batches either)."""
 
