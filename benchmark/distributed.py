@@ -116,6 +116,16 @@ def clip_loss_options() -> dict[str, Any]:
     return {"local_loss": False, "gather_with_grad": True, "rank": here.rank, "world_size": here.size}
 
 
+def gather_global(*features: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each rank's features concatenated over ranks in rank order, with gradients flowing back to every rank
+    (as open_clip's ``ClipLoss(gather_with_grad=True)``); the tensors themselves in a single process."""
+    if not world().distributed:
+        return features
+    import torch.distributed.nn as dist_nn
+
+    return tuple(torch.cat(dist_nn.all_gather(tensor)) for tensor in features)
+
+
 def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
     """The mean of a scalar over ranks (so every rank logs, and stops on, the same loss)."""
     if not world().distributed:

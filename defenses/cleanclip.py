@@ -26,8 +26,10 @@ Departures from the official code (nishadsinghi/CleanCLIP), all deliberate:
 - EDA: seeded and reproducible (see :mod:`benchmark.text_augment` for its own small deviations).
 - λ2 = 0 is plain CLIP finetuning: no augmented views are made or forwarded (the official code still forwards
   them with ``--inmodal``, which only matters for BatchNorm statistics).
-- One process, fp32 throughout (no all-gather, no autocast/GradScaler); the final epoch's model is returned, as
-  the official ``--complete_finetune`` run reports its last checkpoint.
+- Under DDP both L_CLIP and L_SS are computed over the global batch (features all-gathered with gradients), as
+  one process with that batch would; the official code all-gathers the originals and the augmented views too
+  (reference §4).
+  The final epoch's model is returned, as the official ``--complete_finetune`` run reports its last checkpoint.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from benchmark.config import check_range
 from benchmark.data.loader import Pairs
 from benchmark.data.pairs import PairSet
 from benchmark.data.streaming_batches import pair_batches, rank_batches, to_device
+from benchmark.distributed import clip_loss_options, gather_global
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
 from benchmark.text_augment import EDA
@@ -100,9 +103,11 @@ def cleanclip_loss(model: nn.Module, batch: Batch, clip_weight: float = 1.0,
     images, augmented_images = out["image_features"].split(n)
     texts, augmented_texts = out["text_features"].split(n)
     scale = out["logit_scale"]
-    loss = inmodal_weight * self_supervised_loss(images, augmented_images, texts, augmented_texts, scale)
+    # Under DDP both terms span the global batch: L_SS's negatives are every rank's augmented views.
+    loss = inmodal_weight * self_supervised_loss(*gather_global(images, augmented_images, texts, augmented_texts),
+                                                 scale)
     if clip_weight > 0:
-        loss = loss + clip_weight * ClipLoss()(images, texts, scale)
+        loss = loss + clip_weight * ClipLoss(**clip_loss_options())(images, texts, scale)
     return loss
 
 
