@@ -23,7 +23,6 @@ Absolute figures come with the machine they were measured on. Exits 1 when a mea
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ import time
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
@@ -47,8 +46,8 @@ sys.path.insert(0, str(HERE))
 
 from benchmark.models import create_model, tokenizer_for  # noqa: E402
 from benchmark.presets import load_preset  # noqa: E402
-from benchmark.progress import Advance, Reporter  # noqa: E402
 from benchmark.task import build_task  # noqa: E402
+from cleanclip_epoch_time import StepClock  # noqa: E402  (benchmarks/ is on sys.path)
 
 SECTIONS = ("throughput", "eval", "cleanclip", "grid", "scaling")
 
@@ -67,22 +66,6 @@ class Figure:
     def markdown(self) -> str:
         verdict = {True: "met", False: "**missed**", None: ""}[self.ok]
         return f"| {self.name} | {self.value:.4g} {self.unit} | {self.detail} | {self.target} | {verdict} |"
-
-
-class StepClock(Reporter):
-    """A silent reporter that timestamps every optimizer step of cleanbench's training loop."""
-
-    def __init__(self) -> None:
-        super().__init__(quiet=True)
-        self.stamps: list[float] = []
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int) -> Iterator[Advance]:
-        self.stamps = [time.perf_counter()]
-        yield lambda n=1, **fields: self.stamps.append(time.perf_counter())
-
-    def step_seconds(self, skip: int) -> list[float]:
-        return [b - a for a, b in zip(self.stamps[skip:], self.stamps[skip + 1:])]
 
 
 # ---------------------------------------------------------------- 1. training throughput against open_clip_train
@@ -139,7 +122,8 @@ def cleanbench_rate(pairs, preset, skip: int) -> float:
     batches = PairBatches(pairs, tokenizer_for(preset.model.name), Normalizer(model), preset.victim.batch_size,
                           torch.Generator().manual_seed(0), torch.device("cpu"))
     train(model, batches, replace(preset.victim, epochs=1), reporter=clock)
-    return preset.victim.batch_size / statistics.median(clock.step_seconds(skip))
+    steps = [b - a for a, b in zip(clock.stamps[skip:], clock.stamps[skip + 1:])]
+    return preset.victim.batch_size / statistics.median(steps)
 
 
 def section_throughput(preset, args) -> list[Figure]:
