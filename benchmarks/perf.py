@@ -379,7 +379,9 @@ def main() -> int:
     lines = [f"# cleanbench performance, {date.today().isoformat()}", "",
              f"`python benchmarks/perf.py --sections {','.join(chosen)}` on preset `{args.preset}`; "
              f"{(time.perf_counter() - started) / 60:.0f} min in all.", "",
-             f"Machine: {machine()}. Load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}.", "",
+             f"Machine: {machine()}. Load average at start {load_before:.2f}, at end {os.getloadavg()[0]:.2f}"
+             + (" (busy: other jobs shared the cores, so absolute figures are low and ratios noisy)."
+                if max(load_before, os.getloadavg()[0]) > 0.5 * (os.cpu_count() or 1) + 1 else "."), "",
              "| figure | value | measured against | target | |", "|---|---|---|---|---|",
              *(figure.markdown() for figure in figures), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
