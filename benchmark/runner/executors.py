@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import multiprocessing
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,8 +89,10 @@ class LocalPool:
             queue.put(name)
         summary = RunSummary()
         reporter.log(f"executor local: {len(groups)} victim groups on {len(devices)} workers ({', '.join(devices)})")
+        # CPU workers split the cores: two OpenMP teams on the same cores spin-wait each other to a crawl.
+        threads = max(1, (os.cpu_count() or 1) // len(devices)) if device.type == "cpu" else 0
         with futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
-                                         initargs=(queue, self.setup)) as pool:
+                                         initargs=(queue, self.setup, threads)) as pool:
             jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir)): (spec, cells)
                     for spec, cells in groups}
             for job in futures.as_completed(jobs):
@@ -109,9 +112,11 @@ def _worker_devices(device: torch.device, workers: int) -> list[str]:
 _worker_device: torch.device | None = None
 
 
-def _init_worker(queue, setup: WorkerSetup) -> None:
+def _init_worker(queue, setup: WorkerSetup, threads: int) -> None:
     global _worker_device
     _worker_device = torch.device(queue.get())
+    if threads:
+        torch.set_num_threads(threads)
     if _worker_device.type == "cuda":
         torch.cuda.set_device(_worker_device)
     setup.apply()
