@@ -10,7 +10,9 @@ import typer
 
 from benchmark import cli_scale
 from benchmark.cli_attacks import attacks_app
-from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, attack_overrides,
+                                   load_plugins, parse_seeds, user_errors)
 from benchmark.cli_validate import DataOption, preset_for_run, validate_command
 from benchmark.errors import UserError
 
@@ -23,15 +25,15 @@ app.command("validate")(validate_command)
 @app.command()
 @user_errors
 def run(
-    attacks: str = typer.Option("all", help="Comma-separated attack names, or 'all'."),
-    defenses: str = typer.Option("all", help="Comma-separated defense names, or 'all'."),
-    seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
-    preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
+    attacks: str = AttacksOption,
+    defenses: str = DefensesOption,
+    seeds: str = SeedsOption,
+    preset: str = PresetOption,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
     out: Path = typer.Option(Path("results"), help="Output folder: results.csv, cache/, leaderboard."),
-    poison_rate: Optional[float] = typer.Option(None, help="Override every attack's poison rate, in (0, 1]."),
-    poison_count: Optional[int] = typer.Option(None, help="Override every attack's poison count."),
-    data_dir: Optional[Path] = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX)."),
+    poison_rate: Optional[float] = PoisonRateOption,
+    poison_count: Optional[int] = PoisonCountOption,
+    data_dir: Optional[Path] = DataDirOption,
     data: Optional[List[str]] = DataOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
@@ -59,14 +61,9 @@ def run(
 
     load_plugins(plugin, no_plugin_autoload)
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
-    overrides = {}
-    if poison_rate is not None:
-        overrides["poison_rate"] = poison_rate
-    if poison_count is not None:
-        overrides["poison_count"] = poison_count
     attack_names = [] if attacks.strip() == "none" else ATTACKS.resolve(attacks)
-    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), _parse_seeds(seeds),
-                     attack_overrides=overrides)
+    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), parse_seeds(seeds),
+                     attack_overrides=attack_overrides(poison_rate, poison_count))
     torch_device = resolve_device(device)
     set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
     build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
@@ -94,16 +91,6 @@ def run(
         reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
     if summary.cells_failed:
         raise typer.Exit(1)
-
-
-def _parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
-    if any(seed < 0 for seed in seeds):
-        raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
-    return list(dict.fromkeys(seeds))
 
 
 @app.command("leaderboard")

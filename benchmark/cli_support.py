@@ -1,14 +1,22 @@
-"""What every ``cleanbench`` command shares: plugin options and loading, and one-line errors for user mistakes."""
+"""What the ``cleanbench`` commands share: the grid and plugin options (``run`` and ``validate`` take the same ones),
+plugin loading, and one-line errors for user mistakes."""
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
 from benchmark.errors import UserError
 
+AttacksOption = typer.Option("all", help="Comma-separated attack names, or 'all'.")
+DefensesOption = typer.Option("all", help="Comma-separated defense names, or 'all'.")
+SeedsOption = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2.")
+PresetOption = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file.")
+DataDirOption = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX).")
+PoisonRateOption = typer.Option(None, help="Override every attack's poison rate, in (0, 1].")
+PoisonCountOption = typer.Option(None, help="Override every attack's poison count.")
 PluginOption = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable).")
 NoAutoloadOption = typer.Option(False, "--no-plugin-autoload",
                                 help="Do not load plugins from installed packages (also: CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1).")
@@ -37,3 +45,20 @@ def load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
         failures += plugin_loader.load_plugin(spec)
     for failure in failures:
         typer.echo(f"warning: {failure.message()}", err=True)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` as distinct non-negative integers, in the order given."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
+    return list(dict.fromkeys(seeds))
+
+
+def attack_overrides(poison_rate: Optional[float], poison_count: Optional[int]) -> dict[str, Any]:
+    """``--poison-rate`` / ``--poison-count``, where given, as settings that apply to every attack."""
+    return {key: value for key, value in (("poison_rate", poison_rate), ("poison_count", poison_count))
+            if value is not None}

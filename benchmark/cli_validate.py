@@ -11,7 +11,9 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, attack_overrides,
+                                   load_plugins, parse_seeds, user_errors)
 
 DataOption = typer.Option(
     None, "--data", help="A data source override (repeatable): train=PATH, eval=PATH, or ROLE.KEY=VALUE, e.g. "
@@ -40,27 +42,24 @@ def preset_for_run(name: str, data_dir: Optional[Path], data: Optional[List[str]
 
 @user_errors
 def validate_command(
-    preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
-    attacks: str = typer.Option("all", help="Comma-separated attack names, or 'all'."),
-    defenses: str = typer.Option("all", help="Comma-separated defense names, or 'all'."),
-    seeds: str = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2."),
+    preset: str = PresetOption,
+    attacks: str = AttacksOption,
+    defenses: str = DefensesOption,
+    seeds: str = SeedsOption,
     data: Optional[List[str]] = DataOption,
-    data_dir: Optional[Path] = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX)."),
-    poison_rate: Optional[float] = typer.Option(None, help="Override every attack's poison rate, in (0, 1]."),
-    poison_count: Optional[int] = typer.Option(None, help="Override every attack's poison count."),
+    data_dir: Optional[Path] = DataDirOption,
+    poison_rate: Optional[float] = PoisonRateOption,
+    poison_count: Optional[int] = PoisonCountOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
 ) -> None:
     """Check names, configs, every data path and the target class; print the plan. Trains nothing, no GPU."""
-    from benchmark.cli import _parse_seeds
     from benchmark.validate import validate
 
     load_plugins(plugin, no_plugin_autoload)
     chosen = load_with_data_dir(preset, data_dir)
-    overrides = {key: value for key, value in (("poison_rate", poison_rate), ("poison_count", poison_count))
-                 if value is not None}
-    report = validate(chosen, attacks, defenses, _parse_seeds(seeds), overrides=tuple(data or ()),
-                      attack_overrides=overrides)
+    report = validate(chosen, attacks, defenses, parse_seeds(seeds), overrides=tuple(data or ()),
+                      attack_overrides=attack_overrides(poison_rate, poison_count))
     typer.echo(f"preset {chosen.name} ({chosen.source})")
     for line in report.lines:
         typer.echo(f"  {line}")
