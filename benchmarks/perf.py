@@ -273,7 +273,7 @@ from defenses import DEFENSES
 from defenses.none import NoDefense
 
 for _index in range(1, 8):
-    DEFENSES.register(type(f"NoneCopy{_index}", (NoDefense,), {"name": f"none-copy-{_index}"}))
+    DEFENSES.register()(type(f"NoneCopy{_index}", (NoDefense,), {"name": f"none-copy-{_index}"}))
 '''
 
 
