@@ -18,8 +18,9 @@ CompileOption = typer.Option(False, "--compile", help="torch.compile the model f
 GpusOption = typer.Option(1, help="Processes (GPUs) training each victim and finetuning defense together with DDP: "
                                   "relaunches under torchrun; with --executor slurm, GPUs per job.")
 ExecutorOption = typer.Option("local", help="local (workers on this machine) or slurm (a job per victim, submitit).")
-WorkersOption = typer.Option(0, help="Local worker processes: one per GPU; on the CPU they share the cores. "
-                                        "0 = one per visible GPU (CPU: this process).")
+WorkersOption = typer.Option(0, help="Local worker processes: one per GPU; on the CPU they split the cores. "
+                                        "0 = one per visible GPU, on the CPU one per core (at most 4); "
+                                        "1 = everything in this process.")
 SlurmPartitionOption = typer.Option("", help="Slurm partition of the jobs.")
 SlurmTimeOption = typer.Option(240, help="Slurm time limit per job, in minutes; a timed-out job is requeued.")
 SlurmRequeueOption = typer.Option(3, help="How often a timed-out job is requeued (it resumes from the cache).")

@@ -16,6 +16,7 @@ from torch import nn
 
 from benchmark.checkpoints import load_weights, looks_like_path
 from benchmark.errors import UserError
+from benchmark.text_context import encode_captions_by_length
 
 if TYPE_CHECKING:
     from benchmark.presets import ModelSpec
@@ -38,7 +39,7 @@ def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = F
 
     ``pretrained`` is an open_clip pretrained tag (e.g. ``openai``, ``laion2b_s34b_b79k``; downloaded by open_clip
     on first use) or a local weights file (see :mod:`benchmark.checkpoints` for the formats, and why TorchScript
-    needs ``allow_torchscript``).
+    needs ``allow_torchscript``). Captions are encoded over their own length (:mod:`benchmark.text_context`).
     """
     import open_clip
 
@@ -56,11 +57,11 @@ def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = F
         if pretrained not in tags:
             raise UserError(f"model.pretrained = {pretrained!r} is neither a file nor a pretrained tag of {name}; "
                             f"tags: {', '.join(tags) or 'none'}")
-        return open_clip.create_model(name, pretrained=pretrained, output_dict=True)
+        return encode_captions_by_length(open_clip.create_model(name, pretrained=pretrained, output_dict=True))
     model = open_clip.create_model(name, output_dict=True)
     if pretrained:
         load_weights(model, pretrained, allow_torchscript=allow_torchscript)
-    return model
+    return encode_captions_by_length(model)
 
 
 def model_config(name: str) -> dict | None:

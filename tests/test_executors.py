@@ -67,6 +67,72 @@ def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
     assert (again.victims_trained, again.cells_run, again.cells_skipped) == (0, 0, 2)
 
 
+def test_local_workers_share_a_victims_cells(tmp_path):
+    """Each victim is trained once, then its cells go to whichever worker is free; rows as in one process."""
+    plan = plan_grid(_plan().preset, ["badnet"], ["none", "finetune"], [0])
+    reference, out = tmp_path / "in-process", tmp_path / "run"
+    run_plan(plan, reference, CPU)
+    summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
+    assert (summary.victims_trained, summary.victims_loaded, summary.cells_run, summary.cells_failed) == (2, 0, 4, 0)
+    pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
+
+
+COORDINATOR = """
+import sys, torch
+from benchmark.runner import run_plan
+from benchmark.runner.executors import LocalPool, WorkerSetup
+from tests.test_executors import _plan
+run_plan(_plan(), sys.argv[1], torch.device("cpu"), executor=LocalPool(2, WorkerSetup(no_plugin_autoload=True)))
+"""
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The pool workers among ``pid``'s children (``spawn`` starts them with ``spawn_main`` on their command
+    line; the resource tracker, also a child, has ``resource_tracker`` on its own)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError):  # the process ended while we looked
+            continue
+        if parent == pid and b"spawn_main" in command and b"resource_tracker" not in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_workers_die_with_a_killed_coordinator(tmp_path):
+    """A killed ``cleanbench run`` leaves no worker writing into the folder that its rerun takes over."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    coordinator = subprocess.Popen([sys.executable, "-c", COORDINATOR, str(tmp_path / "run")],
+                                   cwd=Path(__file__).parents[1], stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and len(workers) < 2:
+        workers = _workers_of(coordinator.pid)
+        time.sleep(0.2)
+    assert len(workers) == 2, "the pool never started"
+    time.sleep(2)  # let them start their jobs
+    os.kill(coordinator.pid, signal.SIGKILL)
+    coordinator.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)
+
+
 @pytest.mark.slow
 def test_a_job_with_two_tasks_trains_its_victim_with_ddp(reference, tmp_path):
     """``--gpus 2`` with Slurm: each job runs two tasks that train together (gloo on the CPU here)."""
@@ -104,7 +170,11 @@ def test_executor_choices_are_checked(monkeypatch, tmp_path):
     from benchmark.runner.executors import InProcess, make_executor
 
     options = dict(workers=0, device=CPU, device_name="cpu", out_dir=tmp_path, slurm=SlurmOptions(), setup=SETUP)
-    assert isinstance(make_executor("local", **options), InProcess)  # the CPU default: this process
+    for cores, expected in ((1, None), (2, 2), (16, 4)):  # the CPU default: a single-threaded worker per core
+        monkeypatch.setattr("benchmark.runner.executors.cpu_cores", lambda: cores)
+        executor = make_executor("local", **options)
+        assert isinstance(executor, InProcess) if expected is None else executor.workers == expected
+    assert isinstance(make_executor("local", **{**options, "workers": 1}), InProcess)
     with pytest.raises(UserError, match="--executor 'lsf' is not known"):
         make_executor("lsf", **options)
     monkeypatch.setattr("shutil.which", lambda name: None)

@@ -112,13 +112,21 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
 
 
 def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path, device: torch.device,
-              reporter: Reporter, advance=None) -> RunSummary:
+              reporter: Reporter, advance=None, *, stage: str = "all") -> RunSummary:
     """One victim and its pending cells: the unit of work an executor hands to a worker. Rows go into the
-    shared ``results.csv`` as cells finish, under a short lock, so workers may run side by side."""
+    shared ``results.csv`` as cells finish, under a short lock, so workers may run side by side.
+
+    ``stage`` lets a pool of workers split a group so that its cells need not wait for one worker:
+    ``"victim"`` trains (or finds) the victim and settles the cells that do not need it (metrics cached by a
+    crashed run; all of them as failed if the victim cannot be trained), ``"cells"`` runs cells whose victim
+    the cache already holds, ``"all"`` does both in turn.
+    """
+    if stage not in ("all", "victim", "cells"):
+        raise ValueError(f"stage {stage!r}: choose all, victim or cells")
     summary = RunSummary()
     store, results = ArtifactStore(Path(out_dir) / "cache"), SharedResults(Path(out_dir) / "results.csv")
     _run_victim(plan, build_task(plan.preset), spec, cells, store, results, device, reporter, summary,
-                advance or (lambda *args, **kwargs: None))
+                advance or (lambda *args, **kwargs: None), stage)
     return summary
 
 
@@ -135,7 +143,7 @@ def record_lost_cells(plan: Plan, cells: list[CellSpec], reason: str, out_dir: P
             reporter.log(f"cell {cell.victim.attack} × {cell.defense} seed {cell.victim.seed} FAILED: {reason}")
 
 
-def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance) -> None:
+def _run_victim(plan, task, spec, cells, store, results, device, reporter, summary, advance, stage: str) -> None:
     cached = {cell.key: store.cell_metrics(cell.key) for cell in cells}
     for cell in cells:  # metrics that survived a crash which came before the row was written
         if cached[cell.key] is not None:
@@ -147,11 +155,14 @@ def _run_victim(plan, task, spec, cells, store, results, device, reporter, summa
     if not cells:
         return
     try:
-        victim = _ensure_victim(plan, task, spec, store, device, reporter, summary)
+        # a "cells" stage reads the victim its "victim" stage already trained (or reused) and counted
+        victim = _ensure_victim(plan, task, spec, store, device, reporter, summary, counted=stage != "cells")
     except Exception as error:  # noqa: BLE001 - recorded per cell, the grid goes on
         for cell in cells:
             _record_failure(plan, cell, error, store, results, device, reporter, summary, stage="victim")
             advance(1)
+        return
+    if stage == "victim":
         return
     for cell in cells:
         try:
@@ -163,7 +174,7 @@ def _run_victim(plan, task, spec, cells, store, results, device, reporter, summa
 
 
 def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStore, device: torch.device,
-                   reporter: Reporter, summary: RunSummary) -> _Victim:
+                   reporter: Reporter, summary: RunSummary, counted: bool = True) -> _Victim:
     preset = plan.preset
     attack = None
     if spec.attack != BENIGN:
@@ -172,8 +183,9 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
         attack = ATTACKS.get(spec.attack).from_settings(spec.attack_settings, context=context)
     meta = store.victim_meta(spec.key)
     if meta is not None:
-        summary.victims_loaded += 1
-        reporter.log(f"victim {spec.attack} seed {spec.seed}: reused from cache ({spec.key})")
+        if counted:
+            summary.victims_loaded += 1
+            reporter.log(f"victim {spec.attack} seed {spec.seed}: reused from cache ({spec.key})")
         return _Victim(read_state_dict(store.victim_dir(spec.key) / "model.safetensors"), meta, attack)
 
     start = time.perf_counter()

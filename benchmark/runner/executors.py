@@ -1,8 +1,9 @@
 """Where the grid's work runs: in this process, in a pool of local workers (one per GPU), or as Slurm jobs.
 
 The unit of work is a *victim group*: one victim and its pending cells. A victim is trained once and shared by
-all its defenses, so two workers never train the same victim and the group is the natural job; the
-CleanCLIP-scale grid (5 victims × 5 defenses) is 5 jobs, each training one victim and running its 5 defenses.
+all its defenses, so two workers never train the same victim; a Slurm job is a group (the CleanCLIP-scale grid,
+5 victims × 5 defenses, is 5 jobs), while local workers split each group into its victim and then its cells
+(see :class:`LocalPool`).
 
 Workers write every finished cell straight into the shared output folder: artifacts under their own content
 keys (atomic renames), and their row into ``results.csv`` through :class:`~benchmark.runner.lock.SharedResults`
@@ -17,6 +18,8 @@ import concurrent.futures as futures
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,31 +75,53 @@ class InProcess:
 
 
 class LocalPool:
-    """``workers`` processes on this machine, each with its own device (GPU i, or the CPU), taking groups as
-    they free up. Worker processes start fresh (``spawn``), so CUDA and plugins initialise cleanly in each."""
+    """``workers`` processes on this machine, each with its own device (GPU i, or a share of the CPU cores).
+
+    Each group is split in two stages (``run_group``'s ``stage``): the victims are queued first, and as each
+    one is in the cache its cells are queued one by one, so any free worker takes them. Five victims and 25
+    cells on two workers thus keep both busy to the end, where whole groups would leave one idle for the last
+    group. Worker processes start fresh (``spawn``), so CUDA and plugins initialise cleanly in each; each keeps
+    its loaded dataset between jobs.
+    """
 
     def __init__(self, workers: int, setup: WorkerSetup) -> None:
         self.workers = workers
         self.setup = setup
 
     def run(self, plan, groups, out_dir, device, reporter):
+        from benchmark.results import ResultsFile
         from benchmark.runner.execute import RunSummary
 
+        if len(groups) == 1 and len(groups[0][1]) == 1:  # one job: nothing to spread, no processes to start
+            return InProcess().run(plan, groups, out_dir, device, reporter)
         devices = _worker_devices(device, self.workers)
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
         for name in devices:
             queue.put(name)
         summary = RunSummary()
-        reporter.log(f"executor local: {len(groups)} victim groups on {len(devices)} workers ({', '.join(devices)})")
         # CPU workers split the cores: two OpenMP teams on the same cores spin-wait each other to a crawl.
-        threads = max(1, (os.cpu_count() or 1) // len(devices)) if device.type == "cpu" else 0
+        threads = max(1, cpu_cores() // len(devices)) if device.type == "cpu" else 0
+        reporter.log(f"executor local: {len(groups)} victims, {sum(len(cells) for _, cells in groups)} cells on "
+                     f"{len(devices)} workers ({', '.join(devices)}{f', {threads} threads each' if threads else ''})")
         with futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
-                                         initargs=(queue, self.setup, threads)) as pool:
-            jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir)): (spec, cells)
+                                         initargs=(queue, self.setup, threads, os.getpid())) as pool:
+            jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir), "victim"): ("victim", spec, cells)
                     for spec, cells in groups}
-            for job in futures.as_completed(jobs):
-                _gather(plan, jobs[job], job, out_dir, summary, reporter)
+            while jobs:
+                finished, _ = futures.wait(jobs, return_when=futures.FIRST_COMPLETED)
+                for job in finished:
+                    stage, spec, cells = jobs.pop(job)
+                    if not _gather(plan, (spec, cells), job, out_dir, summary, reporter) or stage == "cells":
+                        continue
+                    results = ResultsFile(Path(out_dir) / "results.csv")  # cells the victim stage did not settle
+                    for cell in (cell for cell in cells if not results.done(cell.key)):
+                        try:
+                            job = pool.submit(_run_in_worker, plan, spec, [cell], str(out_dir), "cells")
+                        except futures.process.BrokenProcessPool as error:  # a worker was killed: no new jobs
+                            job = futures.Future()
+                            job.set_exception(error)
+                        jobs[job] = ("cells", spec, [cell])
         return summary
 
 
@@ -112,8 +137,9 @@ def _worker_devices(device: torch.device, workers: int) -> list[str]:
 _worker_device: torch.device | None = None
 
 
-def _init_worker(queue, setup: WorkerSetup, threads: int) -> None:
+def _init_worker(queue, setup: WorkerSetup, threads: int, coordinator: int) -> None:
     global _worker_device
+    _die_with(coordinator)
     _worker_device = torch.device(queue.get())
     if threads:
         torch.set_num_threads(threads)
@@ -122,10 +148,22 @@ def _init_worker(queue, setup: WorkerSetup, threads: int) -> None:
     setup.apply()
 
 
-def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str):
+def _die_with(coordinator: int) -> None:
+    """Have the kernel kill this worker when the coordinator dies (Linux ``PR_SET_PDEATHSIG``): a worker left
+    running after ``cleanbench run`` was killed would go on writing into the folder that the rerun now owns."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != coordinator:  # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, stage: str):
     from benchmark.runner.execute import run_group
 
-    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False))
+    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False), stage=stage)
 
 
 @dataclass(frozen=True)
@@ -220,26 +258,46 @@ class GroupJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _gather(plan: Plan, group: Group, job, out_dir: Path, summary, reporter: Reporter) -> None:
-    """Merge a finished job's summary; a job that died has its unfinished cells recorded as failed."""
+def _gather(plan: Plan, group: Group, job, out_dir: Path, summary, reporter: Reporter) -> bool:
+    """Merge a finished job's summary; a job that died has its unfinished cells recorded as failed.
+    True when the job finished and none of its cells failed."""
     from benchmark.runner.execute import record_lost_cells
 
     spec, cells = group
     try:
         # a submitit job with several tasks (DDP) returns one summary per task: rank 0's counts the group once
-        summary.merge(job.results()[0] if hasattr(job, "results") else job.result())
+        finished = job.results()[0] if hasattr(job, "results") else job.result()
     except Exception as error:  # noqa: BLE001 - the worker died; its cells are reported and the grid goes on
         reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
         record_lost_cells(plan, cells, reason, out_dir, summary, reporter)
+        return False
+    summary.merge(finished)
+    return finished.cells_failed == 0
+
+
+MAX_CPU_WORKERS = 4  # each holds its own copy of the dataset (~0.7 GB for the default)
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity mask, which containers and Slurm narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_executor(name: str, *, workers: int, device: torch.device, device_name: str, out_dir: Path,
                   slurm: SlurmOptions, setup: WorkerSetup) -> Executor:
-    """The executor ``--executor`` names. ``local`` with ``workers`` 0 means one worker per visible GPU, or this
-    process on the CPU."""
+    """The executor ``--executor`` names. ``local`` with ``workers`` 0 means one worker per visible GPU, or on
+    the CPU one single-threaded worker per core (at most ``MAX_CPU_WORKERS``).
+
+    Why one thread per worker on the CPU: the default model's matrices are too small for a second OpenMP
+    thread to pay (measured on 2 cores: 1 thread 674 img/s, 2 threads ~1,100 img/s in one process), while two
+    single-threaded workers on independent jobs each keep nearly the whole of one core's speed.
+    """
     if name == "local":
         if workers == 0:
-            workers = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 1
+            if device.type == "cuda" and device.index is None:
+                workers = torch.cuda.device_count()
+            else:
+                workers = min(cpu_cores(), MAX_CPU_WORKERS) if device.type == "cpu" else 1
         return InProcess() if workers <= 1 else LocalPool(workers, setup)
     if name == "slurm":
         if shutil.which("sbatch") is None:
