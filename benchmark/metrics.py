@@ -105,22 +105,36 @@ class Metrics:
                    Proportion(**data["asr"]) if data.get("asr") else None)
 
 
+def forward_batch_size(device: torch.device) -> int:
+    """Images per forward pass when evaluating. On the CPU small batches keep a layer's activations in cache:
+    the tiny default's ``encode_image`` runs at ~3,300 images/s in batches of 128 against ~1,600 in batches of
+    1,000 (one thread). A GPU wants large batches."""
+    return 1000 if device.type == "cuda" else 128
+
+
 @torch.no_grad()
 def evaluate(classifier: ImageClassifier, eval_set: EvalSet, *, target: int, trigger: Trigger | None, seed: int,
              device: torch.device, batch_size: int = 1000) -> Metrics:
     """CA on all images; ASR (if a trigger is given) on non-target images with the trigger applied.
 
     Triggered images are quantised to uint8, like stored poisoned images, and the trigger's randomness comes
-    from a generator seeded with ``seed`` so the ASR of a cell is reproducible.
+    from a generator seeded with ``seed`` so the ASR of a cell is reproducible. The trigger is drawn for
+    ``batch_size`` images at a time (the draws, and so the ASR, depend on it); the classifier then takes them in
+    batches of :func:`forward_batch_size`.
     """
+    step = forward_batch_size(device)
+
+    def classify(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([classifier(part.to(device)) for part in images.split(step)])
+
     labels = eval_set.labels
     top1 = top5 = hits = 0
     generator = torch.Generator().manual_seed(seed)
     non_target = torch.nonzero(labels != target).squeeze(1)
     for start in range(0, len(labels), batch_size):
-        images = to_float(eval_set.images[start : start + batch_size]).to(device)
+        images = to_float(eval_set.images[start : start + batch_size])
         truth = labels[start : start + batch_size].to(device)
-        logits = classifier(images)
+        logits = classify(images)
         top1 += int((logits.argmax(1) == truth).sum())
         k = min(5, logits.shape[1])
         top5 += int((logits.topk(k, dim=1).indices == truth[:, None]).any(1).sum())
@@ -128,6 +142,6 @@ def evaluate(classifier: ImageClassifier, eval_set: EvalSet, *, target: int, tri
         for start in range(0, len(non_target), batch_size):
             idx = non_target[start : start + batch_size]
             triggered = to_uint8(trigger(to_float(eval_set.images[idx]), generator))
-            hits += int((classifier(to_float(triggered).to(device)).argmax(1) == target).sum())
+            hits += int((classify(to_float(triggered)).argmax(1) == target).sum())
     n = len(labels)
     return Metrics(wilson(top1, n), wilson(top5, n), wilson(hits, len(non_target)) if trigger is not None else None)
