@@ -30,5 +30,5 @@ class SSLOnly(CleanCLIP):
     """Unimodal self-supervised finetuning only (λ1 = 0)."""
 
     name = "ssl-only"
-    version = "1"
+    version = "2"  # 2: AutoAugment drawn per image but applied a batch at a time (other draws, same distribution)
     Config = SSLOnlyConfig
