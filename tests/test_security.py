@@ -133,8 +133,8 @@ class Config:
 
 
 @ATTACKS.register()
-class Escape(Attack):
-    '''An attack whose name tries to climb out of the output folder.'''
+class PluginAttack(Attack):
+    '''{docstring}'''
 
     name = {name!r}
     Config = Config
@@ -151,7 +151,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("name", ["../evil", "/tmp/evil", "a/../../evil"])
 def test_a_plugin_named_like_a_path_is_refused_and_nothing_is_written(cli, tmp_path, name):
     plugin = tmp_path / "escape.py"
-    plugin.write_text(PLUGIN.format(name=name))
+    plugin.write_text(PLUGIN.format(name=name, docstring="An attack whose name tries to climb out of the folder."))
     out = tmp_path / "runs" / "out"
     before = snapshot(tmp_path)
     code, _, err = cli("run", "--preset", TEST_PRESET, "--plugin", plugin, "--attacks", name, "--defenses", "none",
@@ -255,33 +255,10 @@ def test_plugin_autoload_is_on_by_default_and_skips_a_name_with_path_syntax(cli,
            f"defense name '../evil' from package 'autoloaded-plugin' is not allowed: {NAME_RULE}" in err
 
 
-MARKUP_PLUGIN = """
-from dataclasses import dataclass
-
-from attacks import ATTACKS
-from attacks.base import Attack
-
-
-@dataclass(frozen=True)
-class Config:
-    pass
-
-
-@ATTACKS.register()
-class Markup(Attack):
-    '''[/bold] closes a tag it never opened [link=file:///etc/passwd]x[/link]'''
-
-    name = "markup-docstring"
-    Config = Config
-
-    def apply(self, images, generator):
-        return images
-"""
-
-
 def test_cleanbench_list_shows_plugin_docstrings_as_text_not_rich_markup(cli, tmp_path):
     plugin = tmp_path / "markup.py"
-    plugin.write_text(MARKUP_PLUGIN)
+    plugin.write_text(PLUGIN.format(
+        name="markup-docstring", docstring="[/bold] closes a tag it never opened [link=file:///etc/passwd]x[/link]"))
     try:
         code, out, _ = cli("list", "attacks", "--plugin", plugin, "--no-plugin-autoload")
     finally:
