@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
 
 from benchmark.data.pairs import EvalSet, to_float, to_uint8
+from benchmark.predictions import Predictions
 from benchmark.training import Normalizer
 
 Trigger = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -115,7 +117,18 @@ def forward_batch_size(device: torch.device) -> int:
 @torch.no_grad()
 def evaluate(classifier: ImageClassifier, eval_set: EvalSet, *, target: int, trigger: Trigger | None, seed: int,
              device: torch.device, batch_size: int = 1000) -> Metrics:
-    """CA on all images; ASR (if a trigger is given) on non-target images with the trigger applied.
+    """CA on all images; ASR (if a trigger is given) on non-target images with the trigger applied (see
+    :func:`evaluate_with_predictions`, which also returns the per-image predictions)."""
+    return evaluate_with_predictions(classifier, eval_set, target=target, trigger=trigger, seed=seed, device=device,
+                                     batch_size=batch_size)[0]
+
+
+@torch.no_grad()
+def evaluate_with_predictions(classifier: ImageClassifier, eval_set: EvalSet, *, target: int,
+                              trigger: Trigger | None, seed: int, device: torch.device,
+                              batch_size: int = 1000) -> tuple[Metrics, Predictions]:
+    """CA on all images; ASR (if a trigger is given) on non-target images with the trigger applied; and the
+    top-1 prediction behind every count, so CA and ASR are by construction the means of the predictions.
 
     Triggered images are quantised to uint8, like stored poisoned images, and the trigger's randomness comes
     from a generator seeded with ``seed`` so the ASR of a cell is reproducible. The trigger is drawn for
@@ -128,20 +141,27 @@ def evaluate(classifier: ImageClassifier, eval_set: EvalSet, *, target: int, tri
         return torch.cat([classifier(part.to(device)) for part in images.split(step)])
 
     labels = eval_set.labels
-    top1 = top5 = hits = 0
+    top5 = 0
+    clean_pred, triggered_pred = [], []
     generator = torch.Generator().manual_seed(seed)
     non_target = torch.nonzero(labels != target).squeeze(1)
     for start in range(0, len(labels), batch_size):
-        images = to_float(eval_set.images[start : start + batch_size])
+        logits = classify(to_float(eval_set.images[start : start + batch_size]))
         truth = labels[start : start + batch_size].to(device)
-        logits = classify(images)
-        top1 += int((logits.argmax(1) == truth).sum())
+        clean_pred.append(logits.argmax(1).cpu())
         k = min(5, logits.shape[1])
         top5 += int((logits.topk(k, dim=1).indices == truth[:, None]).any(1).sum())
     if trigger is not None:
         for start in range(0, len(non_target), batch_size):
             idx = non_target[start : start + batch_size]
             triggered = to_uint8(trigger(to_float(eval_set.images[idx]), generator))
-            hits += int((classify(to_float(triggered)).argmax(1) == target).sum())
+            triggered_pred.append(classify(to_float(triggered)).argmax(1).cpu())
+    predictions = Predictions(
+        n_classes=len(eval_set.classnames), target=target if trigger is not None else -1,
+        clean_label=labels.numpy(), clean_pred=torch.cat(clean_pred).numpy(),
+        triggered_index=(non_target if trigger is not None else non_target[:0]).numpy(),
+        triggered_pred=torch.cat(triggered_pred).numpy() if triggered_pred else np.zeros(0, dtype=np.int64))
     n = len(labels)
-    return Metrics(wilson(top1, n), wilson(top5, n), wilson(hits, len(non_target)) if trigger is not None else None)
+    top1 = int(predictions.clean_correct.sum())
+    asr = wilson(int(predictions.triggered_success.sum()), len(non_target)) if trigger is not None else None
+    return Metrics(wilson(top1, n), wilson(top5, n), asr), predictions

@@ -22,6 +22,8 @@ asr, asr_low,         attack success rate (non-target test images, triggered, cl
 asr_high              95% Wilson interval; empty for the benign control
 n_triggered           number of triggered test images (0 for the benign control)
 target                the target class
+n_classes             number of classes of the zero-shot test set (chance accuracy = 1 / n_classes); empty in
+                      rows upgraded from schema version 2 or older
 poison_count          number of poisoned training pairs (0 for the benign control)
 attack_version        version of the attack class
 attack_config         the attack's full config
@@ -55,13 +57,15 @@ from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.storage import write_text_atomic
 
-SCHEMA_VERSION = 2
-# Version 1 lacked ``defense_recipe``; its files are read (not extended) as version 2 with that column empty.
-UPGRADABLE = {1: {"defense_recipe": ""}}
+SCHEMA_VERSION = 3
+# Columns added since an older version, with the value its rows are read with: version 1 lacked
+# ``defense_recipe`` and ``n_classes``, version 2 lacked ``n_classes``. Such files are read as the current version
+# (the leaderboard) and, when a run resumes into one, rewritten as it.
+UPGRADABLE = {1: {"defense_recipe": "", "n_classes": ""}, 2: {"n_classes": ""}}
 COLUMNS = [
     "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
-    "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
+    "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
     "model", "victim_key", "cleanbench_version", "git_commit", "device",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at",
 ]
@@ -84,7 +88,7 @@ class ResultsFile:
             if "schema_version" not in header:
                 raise UserError(f"{self.path} is not a cleanbench results file (no schema_version column); "
                                 "choose another --out folder")
-            rows = list(reader)
+            rows = [_upgraded(row) for row in reader]
         versions = {row["schema_version"] for row in rows}
         if versions - {str(SCHEMA_VERSION)}:
             raise UserError(f"{self.path} was written with results schema version {', '.join(sorted(versions))}; "
@@ -117,6 +121,14 @@ class ResultsFile:
         writer.writerows(self.rows.values())
         write_text_atomic(self.path, buffer.getvalue())
         failpoint("row-appended")
+
+
+def _upgraded(row: dict[str, str]) -> dict[str, str]:
+    """A row of an older, compatible schema version as a row of this one (added columns at their defaults)."""
+    added = UPGRADABLE.get(int(row["schema_version"])) if row["schema_version"].isdigit() else None
+    if added is None:
+        return row
+    return {**added, **row, "schema_version": str(SCHEMA_VERSION)}
 
 
 def _format(value: Any) -> str:

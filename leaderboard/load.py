@@ -16,7 +16,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
 
-INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count")
+INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes")
 FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
 SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
 REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")

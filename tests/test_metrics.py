@@ -53,3 +53,42 @@ def test_wilson_interval_matches_closed_form():
     assert math.isclose(interval.low, centre - half, rel_tol=1e-6)
     assert math.isclose(interval.high, centre + half, rel_tol=1e-6)
     assert math.isnan(wilson(0, 0).low)
+
+
+def test_predictions_are_the_counts_behind_the_metrics_and_round_trip(tmp_path):
+    import numpy as np
+
+    from benchmark.metrics import evaluate_with_predictions
+    from benchmark.predictions import load_predictions
+
+    darken = lambda images, generator: images * 0  # noqa: E731 - every triggered image becomes class 0
+    metrics, predictions = evaluate_with_predictions(BrightnessClassifier(), _eval_set(), target=0, trigger=darken,
+                                                     seed=0, device=torch.device("cpu"))
+    assert predictions.clean_pred.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert predictions.triggered_index.tolist() == [1, 2, 3, 4, 5, 6, 7]  # image 0 has the target's label
+    assert predictions.triggered_success.all() and (metrics.asr.k, metrics.asr.n) == (7, 7)
+    assert predictions.clean_correct.sum() == metrics.ca.k == 6
+    predictions.save(tmp_path / "p.npz")
+    loaded = load_predictions(tmp_path / "p.npz")
+    assert (loaded.n_classes, loaded.target) == (4, 0)
+    assert np.array_equal(loaded.clean_pred, predictions.clean_pred)
+    assert np.array_equal(loaded.triggered_index, predictions.triggered_index)
+
+
+def test_a_predictions_file_that_lies_is_refused(tmp_path):
+    import numpy as np
+    import pytest
+
+    from benchmark.predictions import PredictionsError, load_predictions
+
+    arrays = dict(format=1, n_classes=4, target=0, clean_label=np.array([0, 1]), clean_pred=np.array([0, 9]),
+                  triggered_index=np.array([1]), triggered_pred=np.array([0]))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(PredictionsError, match="outside"):
+        load_predictions(tmp_path / "bad.npz")
+    np.savez(tmp_path / "pickled.npz", **{**arrays, "clean_pred": np.array([object()], dtype=object)})
+    with pytest.raises(PredictionsError):
+        load_predictions(tmp_path / "pickled.npz")  # object arrays need pickle, which is never allowed
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(PredictionsError, match="not a readable"):
+        load_predictions(tmp_path / "junk.npz")

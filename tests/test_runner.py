@@ -166,3 +166,19 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(finished_run, tmp_path):
     b = pd.read_csv(resumed / "results.csv").sort_values("cell_id").reset_index(drop=True)
     assert len(b) == 8 and b.cell_id.is_unique
     pd.testing.assert_frame_equal(a[["cell_id", *METRIC_COLUMNS]], b[["cell_id", *METRIC_COLUMNS]])
+
+
+def test_every_cell_keeps_its_per_image_predictions_and_they_give_its_metrics(finished_run):
+    from benchmark.predictions import FILENAME, load_predictions
+
+    for row in ResultsFile(finished_run / "results.csv").rows.values():
+        predictions = load_predictions(finished_run / "cache" / "cells" / row["cell_id"] / FILENAME)
+        assert int(row["n_classes"]) == predictions.n_classes == 10
+        assert len(predictions.clean_pred) == int(row["n_clean"])
+        assert predictions.clean_correct.mean() == pytest.approx(float(row["ca"]), abs=1e-12)
+        if row["attack"] == "none":  # benign control: nothing triggered
+            assert predictions.target == -1 and len(predictions.triggered_pred) == 0
+        else:
+            assert len(predictions.triggered_pred) == int(row["n_triggered"])
+            assert (predictions.clean_label[predictions.triggered_index] != predictions.target).all()
+            assert predictions.triggered_success.mean() == pytest.approx(float(row["asr"]), abs=1e-12)

@@ -32,7 +32,7 @@ from benchmark.data.streaming_batches import pair_batches
 from benchmark.distributed import barrier, world
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
-from benchmark.metrics import Metrics, classifier_for, evaluate
+from benchmark.metrics import Metrics, classifier_for, evaluate_with_predictions
 from benchmark.models import create_model, model_from_spec, tokenizer_for
 from benchmark.poisoning import poison_split
 from benchmark.progress import Reporter
@@ -239,10 +239,12 @@ def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: Ar
     start = time.perf_counter()
     classifier = classifier_for(defended, tokenizer, task.test_set, device)
     trigger = victim.attack.apply if victim.attack is not None else None
-    metrics = evaluate(classifier, task.test_set, target=task.target_index, trigger=trigger,
-                       seed=derive_seed(cell.victim.seed, "eval-trigger"), device=device)
+    metrics, predictions = evaluate_with_predictions(classifier, task.test_set, target=task.target_index,
+                                                     trigger=trigger, seed=derive_seed(cell.victim.seed, "eval-trigger"),
+                                                     device=device)
     timing = {"time_poison_s": victim.meta["time_poison_s"], "time_victim_s": victim.meta["time_victim_s"],
               "time_defense_s": time_defense, "time_eval_s": time.perf_counter() - start}
+    store.save_cell_predictions(cell.key, predictions)
     store.save_cell_metrics(cell.key, {"metrics": metrics.to_json(), "timing": timing})
     results.upsert(_row(plan, cell, metrics, timing, device, "ok", ""))
     asr = "" if metrics.asr is None else f", ASR {metrics.asr.value:.3f}"
@@ -268,7 +270,8 @@ def _row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, 
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
         "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
-        "target": preset.text.target, "poison_count": victim.poison_count,
+        "target": preset.text.target, "n_classes": len(preset.text.classnames) or None,
+        "poison_count": victim.poison_count,
         "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
         "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",

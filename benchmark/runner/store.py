@@ -1,4 +1,5 @@
-"""Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta) and cell metrics.
+"""Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta), cell metrics and
+cell predictions (:mod:`benchmark.predictions`).
 
 A victim is complete only once its ``meta.json`` exists, and the meta records the checkpoint's SHA-256, checked
 on every load, so a checkpoint cut short by a crash is never used.
@@ -12,6 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from benchmark.predictions import FILENAME as PREDICTIONS_FILE
+from benchmark.predictions import Predictions
 from benchmark.storage import write_json_atomic, write_text_atomic
 
 _KEY = re.compile(r"[0-9a-f]{16}")
@@ -48,6 +51,10 @@ class ArtifactStore:
     def cell_metrics(self, key: str) -> dict[str, Any] | None:
         record = _read_json(self.cell_dir(key) / "metrics.json")
         return record if record is not None and {"metrics", "timing"} <= set(record) else None
+
+    def save_cell_predictions(self, key: str, predictions: Predictions) -> None:
+        """Written before the cell's metrics, so cached metrics always come with their predictions."""
+        predictions.save(self.cell_dir(key) / PREDICTIONS_FILE)
 
     def save_cell_metrics(self, key: str, record: dict[str, Any]) -> None:
         write_json_atomic(self.cell_dir(key) / "metrics.json", record)
