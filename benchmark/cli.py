@@ -15,6 +15,12 @@ from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption,
                                    load_plugins, parse_seeds, user_errors)
 from benchmark.cli_validate import DataOption, preset_for_run, validate_command
 from benchmark.errors import UserError
+from benchmark.results import RESULTS_FILE
+from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
+
+MaxCaCostOption = typer.Option(
+    DEFAULT_MAX_CA_COST, help="Largest CA cost (absolute; against no defense on the same victims) a defense may have on the benign "
+               "control and on every attacked victim to be ranked.")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Backdoor attacks and defenses for CLIP, benchmarked end to end.")
@@ -46,6 +52,7 @@ def run(
     slurm_timeout_min: int = cli_scale.SlurmTimeOption,
     slurm_max_requeue: int = cli_scale.SlurmRequeueOption,
     slurm_option: Optional[List[str]] = cli_scale.SlurmExtraOption,
+    max_ca_cost: float = MaxCaCostOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
     from attacks import ATTACKS
@@ -87,8 +94,8 @@ def run(
             draw_gallery(chosen_preset, attack_names, out / GALLERY)
         except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
             reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
-    if (out / "results.csv").exists():
-        reporter.log(f"leaderboard: {write_leaderboard([out / 'results.csv'], out)}")
+    if (out / RESULTS_FILE).exists():
+        reporter.log(f"leaderboard: {write_leaderboard([out / RESULTS_FILE], out, max_ca_cost=max_ca_cost)}")
     if summary.cells_failed:
         raise typer.Exit(1)
 
@@ -99,7 +106,8 @@ def leaderboard_command(
     results: Optional[List[Path]] = typer.Argument(
         None, help="Results CSVs, or run output folders holding results.csv (default: results/)."),
     out: Optional[Path] = typer.Option(None, help="Output folder (default: the first results file's folder)."),
-    threshold: float = typer.Option(0.5, help="No-defense ASR below which an attack 'did not take' (not ranked)."),
+    threshold: float = typer.Option(DEFAULT_THRESHOLD, help="No-defense ASR below which an attack 'did not take' (not ranked)."),
+    max_ca_cost: float = MaxCaCostOption,
     open_page: bool = typer.Option(False, "--open", help="Open index.html in the default browser."),
     serve: bool = typer.Option(False, "--serve", help="Serve the output folder on localhost until Ctrl-C."),
     port: int = typer.Option(8000, help="Port for --serve; 0 picks a free one."),
@@ -108,7 +116,7 @@ def leaderboard_command(
     from leaderboard.build import serve as serve_folder
     from leaderboard.build import write_leaderboard
 
-    index = write_leaderboard(results or [Path("results")], out, threshold)
+    index = write_leaderboard(results or [Path("results")], out, threshold, max_ca_cost=max_ca_cost)
     typer.echo(f"leaderboard: {index}")
     if open_page:
         import webbrowser

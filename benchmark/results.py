@@ -57,6 +57,7 @@ from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.storage import write_text_atomic
 
+RESULTS_FILE = "results.csv"
 SCHEMA_VERSION = 3
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe`` and ``n_classes``, version 2 lacked ``n_classes``. Such files are read as the current version

@@ -7,9 +7,12 @@ preset, attack, defense  the cell; attack ``none`` is the benign control (a vict
 status                   ``ok`` if at least one seed succeeded, ``failed`` if none did
 n_seeds, seeds           number and list (``0;1;2``) of successful seeds, the only ones averaged
 n_failed                 number of failed seeds (shown, never averaged)
-took                     the attack took: its no-defense ASR mean ≥ the threshold; empty for the control
-ranked                   the cell counts towards its defense's rank (``ok`` and the attack took)
-note                     why a cell is greyed or failed, in one line; empty otherwise
+took                     the attack took: its no-defense ASR mean ≥ the threshold and its no-defense victim is
+                         not near chance; empty for the control
+near_chance              the cell's mean CA is within ``CHANCE_MARGIN`` of chance (1 / n_classes): its ASR says
+                         nothing (a model that guesses is not "defended"); empty where n_classes is unknown
+ranked                   the cell counts towards its defense's rank (``ok``, the attack took, not near chance)
+note                     why a cell is greyed, flagged or failed, in one line; empty otherwise
 M_mean, M_std,           for M in ca, asr, ca_top5, delta_ca, delta_asr, der: mean and sample standard
 M_ci_low, M_ci_high      deviation over seeds and the 95% confidence interval of the mean (see ci_method),
                          clipped to the metric's range ([0, 1]; [−1, 1] for the deltas)
@@ -19,6 +22,7 @@ ci_method                ``t`` (Student t over seeds, two or more seeds) or ``wi
                          their spread)
 time_defense_s_mean      mean wall time of the defense
 rank                     the defense's rank in its preset, on the cells it was ranked on; empty elsewhere
+rank_group               the ranks the data cannot tell apart from this one (``1–2``; :mod:`leaderboard.rank_groups`)
 =======================  ===================================================================================
 
 Definitions, per seed on the same (preset, attack, seed) victim, then aggregated over seeds:
@@ -26,13 +30,19 @@ Definitions, per seed on the same (preset, attack, seed) victim, then aggregated
 defense-effectiveness rate DER = [max(0, ΔASR) − max(0, ΔCA) + 1] / 2 as BackdoorBench's paper defines it
 (0.5 for no change, 1 for removing the backdoor at no CA cost). BackdoorBench's published code adds the CA drop
 instead of subtracting it; we follow the paper. On the benign control, ΔCA is the defense's CA cost.
-A defense's rank orders it by its worst-case (largest) ASR over the attacks that took, ties broken by the
+
+The ranking rule. A defense is ranked only while the model stays useful: its CA cost (mean ΔCA over seeds) on
+the benign control and on every attacked victim must stay within a budget (``max_ca_cost``, 0.05 absolute by
+default), and none of its cells may sit near chance accuracy. Otherwise it is listed with the reason, not
+ranked. Ranked defenses are ordered by worst-case (largest) ASR over the attacks that took, ties broken by the
 higher mean CA over those attacks; a defense without a successful cell on one of those attacks is not ranked.
+DER is reported for comparability with BackdoorBench and never ranked by: it rewards wrecking the model (a
+defense that sends CA to chance and ASR to 0 scores well above plain finetuning).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,18 +50,23 @@ import pandas as pd
 from scipy import stats
 
 from benchmark.errors import UserError
+from benchmark.predictions import Predictions
+from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
+from leaderboard.compare import PAIRWISE_COLUMNS, pairwise
 from leaderboard.load import BENIGN_ATTACK
+from leaderboard.rank_groups import rank_group_labels, rank_pairs
 
 NO_DEFENSE = "none"
 KEY = ["preset", "attack", "defense"]
 METRICS = ["ca", "asr", "ca_top5", "delta_ca", "delta_asr", "der"]
 BOUNDS = {"delta_ca": (-1.0, 1.0), "delta_asr": (-1.0, 1.0)}  # the others are fractions in [0, 1]
 WILSON_METRICS = {"ca": ("ca_low", "ca_high"), "asr": ("asr_low", "asr_high")}
-DEFAULT_THRESHOLD = 0.5
+TOLERANCE = 1e-9  # a mean of seed values that equals the budget counts as within it, whatever its float rounding
+CHANCE_MARGIN = 0.05  # a mean CA less than 5 points above chance is "near chance": its ASR is meaningless
 LEADERBOARD_COLUMNS = (
-    KEY + ["status", "n_seeds", "seeds", "n_failed", "took", "ranked", "note"]
+    KEY + ["status", "n_seeds", "seeds", "n_failed", "took", "near_chance", "ranked", "note"]
     + [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std", "ci_low", "ci_high")]
-    + ["ci_method", "time_defense_s_mean", "rank"]
+    + ["ci_method", "time_defense_s_mean", "rank", "rank_group"]
 )
 
 
@@ -63,6 +78,8 @@ class Leaderboard:
     ranking: pd.DataFrame
     per_seed: pd.DataFrame
     threshold: float
+    max_ca_cost: float = DEFAULT_MAX_CA_COST
+    pairwise: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PAIRWISE_COLUMNS))
 
 
 def der(delta_asr: pd.Series | float, delta_ca: pd.Series | float) -> pd.Series | float:
@@ -96,19 +113,38 @@ def mean_interval(values: pd.Series) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
-def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD) -> Leaderboard:
-    """Aggregate validated result rows (see :func:`leaderboard.load.load_results`) into a :class:`Leaderboard`."""
+def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, max_ca_cost: float = DEFAULT_MAX_CA_COST,
+          predictions: dict[str, Predictions] | None = None) -> Leaderboard:
+    """Aggregate validated result rows (see :func:`leaderboard.load.load_results`) into a :class:`Leaderboard`.
+
+    ``predictions`` (cell id → per-image predictions, where cells kept them) adds the per-image McNemar tests to
+    the paired comparisons; without them defenses are compared over seeds only.
+    """
     if not 0.0 <= threshold <= 1.0:
         raise UserError(f"--threshold {threshold}: must be in [0, 1]")
+    if not 0.0 <= max_ca_cost <= 1.0:
+        raise UserError(f"--max-ca-cost {max_ca_cost}: must be in [0, 1] (absolute CA, e.g. 0.05 for 5 points)")
+    predictions = predictions or {}
     effects = per_seed_effects(results)
     cells = pd.DataFrame([_cell_row(key, group, effects) for key, group in results.groupby(KEY, sort=True)])
     cells = _gate(cells, threshold)
-    ranking = rank_defenses(cells)
-    ranks = ranking.set_index(["preset", "defense"])["rank"]
-    cells["rank"] = [ranks.get((p, d), pd.NA) if counted else pd.NA
-                     for p, d, counted in zip(cells["preset"], cells["defense"], cells["ranked"])]
-    cells["rank"] = cells["rank"].astype("Int64")
-    return Leaderboard(cells[LEADERBOARD_COLUMNS], ranking, effects, threshold)
+    ranking = rank_defenses(cells, max_ca_cost)
+    took = {preset: _took(cells, preset) for preset in cells["preset"].unique()}
+    ranked_pairs = rank_pairs(ranking, effects, took, predictions)
+    ranking["rank_group"] = rank_group_labels(ranking, ranked_pairs)
+    comparisons = pd.concat([frame for frame in (pairwise(effects, predictions), ranked_pairs) if len(frame)]
+                            or [pd.DataFrame(columns=PAIRWISE_COLUMNS)], ignore_index=True)
+    ranks = ranking.set_index(["preset", "defense"])[["rank", "rank_group"]]
+    counted = list(zip(cells["preset"], cells["defense"], cells["ranked"]))
+    cells["rank"] = pd.array([ranks["rank"].get((p, d), pd.NA) if c else pd.NA for p, d, c in counted], dtype="Int64")
+    cells["rank_group"] = [ranks["rank_group"].get((p, d), "") if c and not pd.isna(ranks["rank"].get((p, d), pd.NA))
+                           else "" for p, d, c in counted]
+    return Leaderboard(cells[LEADERBOARD_COLUMNS], ranking, effects, threshold, max_ca_cost, comparisons)
+
+
+def _took(cells: pd.DataFrame, preset: str) -> list[str]:
+    in_preset = cells[cells["preset"] == preset]
+    return sorted(in_preset.loc[in_preset["took"].fillna(False).astype(bool), "attack"].unique())
 
 
 def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
@@ -129,63 +165,105 @@ def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
         row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low,
                     f"{metric}_ci_high": high})
     row["time_defense_s_mean"] = ok["time_defense_s"].mean() if len(ok) else np.nan
+    classes = group["n_classes"].dropna()
+    row["near_chance"] = (pd.NA if not len(ok) or classes.empty
+                          else bool(row["ca_mean"] - 1.0 / int(classes.iloc[0]) < CHANCE_MARGIN))
+    if row["near_chance"] is True:
+        chance = f"ASR meaningless: CA {row['ca_mean']:.3f} is near chance ({1.0 / int(classes.iloc[0]):.3f})"
+        row["note"] = "; ".join(part for part in (chance, row["note"]) if part)
     if len(ok) and len(failed):
         row["note"] = f"{len(failed)} of {len(group)} seeds failed (not averaged): {failed['reason'].iloc[0]}"
     return row
 
 
 def _gate(cells: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Mark the attacks that took (no-defense ASR ≥ threshold); greyed cells get their reason as the note."""
-    baseline = cells[(cells["defense"] == NO_DEFENSE) & (cells["status"] == "ok")]
-    base_asr = baseline.set_index(["preset", "attack"])["asr_mean"]
+    """Mark the attacks that took (no-defense ASR ≥ threshold, on a victim not near chance); greyed cells get
+    their reason as the note."""
+    cells = cells.assign(near_chance=pd.array(cells["near_chance"], dtype="boolean"))
+    baseline = cells[(cells["defense"] == NO_DEFENSE) & (cells["status"] == "ok")].set_index(["preset", "attack"])
     took, notes = [], []
     for row in cells.itertuples():
-        asr = base_asr.get((row.preset, row.attack), np.nan)
         if row.attack == BENIGN_ATTACK:
             took.append(pd.NA)
             notes.append(row.note)
             continue
-        took.append(bool(asr >= threshold))
+        asr = baseline["asr_mean"].get((row.preset, row.attack), np.nan)
+        at_chance = baseline["near_chance"].get((row.preset, row.attack), pd.NA)
+        victim_at_chance = not pd.isna(at_chance) and bool(at_chance)
+        took.append(bool(asr >= threshold) and not victim_at_chance)
         reason = ""
         if np.isnan(asr):
             reason = "attack not checked: no successful no-defense cell"
+        elif victim_at_chance and row.defense != NO_DEFENSE:
+            reason = "attack not checked: its no-defense victim is near chance accuracy"
         elif asr < threshold:
             reason = f"attack did not take: no-defense ASR {asr:.3f} < {threshold:g}"
         notes.append("; ".join(part for part in (reason, row.note) if part))
     cells = cells.assign(took=pd.array(took, dtype="boolean"), note=notes)
-    cells["ranked"] = (cells["status"] == "ok") & cells["took"].fillna(False).astype(bool)
+    cells["ranked"] = ((cells["status"] == "ok") & cells["took"].fillna(False).astype(bool)
+                       & ~cells["near_chance"].fillna(False).astype(bool))
     return cells
 
 
-def rank_defenses(cells: pd.DataFrame) -> pd.DataFrame:
-    """One row per (preset, defense): worst-case ASR over the attacks that took, mean CA there, CA cost, rank."""
+def rank_defenses(cells: pd.DataFrame, max_ca_cost: float = DEFAULT_MAX_CA_COST) -> pd.DataFrame:
+    """One row per (preset, defense): worst-case ASR over the attacks that took, mean CA there, CA cost, whether
+    it stays useful (the ranking rule in this module's docstring), the Pareto front, rank."""
     rows = []
     for (preset, defense), group in cells.groupby(["preset", "defense"], sort=True):
-        in_preset = cells[cells["preset"] == preset]
-        took = sorted(in_preset.loc[in_preset["took"].fillna(False).astype(bool), "attack"].unique())
-        counted = group[group["ranked"]].set_index("attack")
-        missing = [attack for attack in took if attack not in counted.index]
-        control = group[(group["attack"] == BENIGN_ATTACK) & (group["status"] == "ok")]
-        row = {"preset": preset, "defense": defense, "attacks": len(took),
-               "worst_asr": np.nan, "worst_attack": "", "mean_ca": np.nan,
-               "ca_cost": control["delta_ca_mean"].iloc[0] if len(control) else np.nan,
-               "time_defense_s": group["time_defense_s_mean"].mean(), "note": ""}
+        took = _took(cells, preset)
+        ok = group[group["status"] == "ok"].set_index("attack")
+        missing = [attack for attack in took if attack not in ok.index]
+        control = ok.loc[[BENIGN_ATTACK]] if BENIGN_ATTACK in ok.index else ok.iloc[:0]
+        costs = ok["delta_ca_mean"].dropna()
+        row = {"preset": preset, "defense": defense, "attacks": len(took), "worst_asr": np.nan, "worst_attack": "",
+               "mean_ca": np.nan, "ca_cost": control["delta_ca_mean"].iloc[0] if len(control) else np.nan,
+               "max_ca_cost": float(costs.max()) if len(costs) else np.nan,
+               "max_ca_cost_on": _victim_name(str(costs.idxmax())) if len(costs) else "",
+               "useful": not len(costs) or bool(costs.max() <= max_ca_cost + TOLERANCE), "note": "",
+               "time_defense_s": group["time_defense_s_mean"].mean()}
+        if not missing and took:
+            asr = ok.loc[took, "asr_mean"]
+            row.update(worst_asr=float(asr.max()), worst_attack=str(asr.idxmax()),
+                       mean_ca=float(ok.loc[took, "ca_mean"].mean()))
+        at_chance = sorted(ok.index[ok["near_chance"].fillna(False).astype(bool)])
         if not took:
             row["note"] = "no attack took: nothing to rank on"
         elif missing:
             row["note"] = f"not ranked: no successful cell for {', '.join(missing)}"
-        else:
-            asr = counted.loc[took, "asr_mean"]
-            row.update(worst_asr=float(asr.max()), worst_attack=str(asr.idxmax()),
-                       mean_ca=float(counted.loc[took, "ca_mean"].mean()))
+        elif not row["useful"]:
+            row["note"] = (f"not ranked: CA cost {row['max_ca_cost']:.3f} > {max_ca_cost:g} "
+                           f"(on {row['max_ca_cost_on']})")
+        elif at_chance:
+            row["note"] = f"not ranked: CA near chance on {', '.join(at_chance)}"
+        row["ranked"] = not row["note"]
         rows.append(row)
     ranking = pd.DataFrame(rows)
+    ranking["pareto"], ranking["beaten_by"] = _pareto(ranking)
     ranking["rank"] = pd.array([pd.NA] * len(ranking), dtype="Int64")
     for preset, group in ranking.groupby("preset"):
-        scored = group.dropna(subset=["worst_asr"])
+        scored = group[group["ranked"]]
         order = list(zip(scored["worst_asr"], -scored["mean_ca"]))
         ranking.loc[scored.index, "rank"] = [1 + sum(other < mine for other in order) for mine in order]
     return ranking.sort_values(["preset", "rank", "defense"], na_position="last").reset_index(drop=True)
+
+
+def _victim_name(attack: str) -> str:
+    return "the benign control" if attack == BENIGN_ATTACK else attack
+
+
+def _pareto(ranking: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Per defense, the defenses of its preset that beat it on both axes (a worst-case ASR as low and a mean CA as
+    high, one strictly better), and whether there are none (it is on the Pareto front of mean CA against
+    worst-case ASR). Defenses without both figures are on no front."""
+    front = pd.Series(False, index=ranking.index)
+    beaten_by = pd.Series("", index=ranking.index, dtype=object)
+    for _, group in ranking.dropna(subset=["worst_asr", "mean_ca"]).groupby("preset"):
+        for index, row in group.iterrows():
+            dominates = ((group["worst_asr"] <= row["worst_asr"]) & (group["mean_ca"] >= row["mean_ca"])
+                         & ((group["worst_asr"] < row["worst_asr"]) | (group["mean_ca"] > row["mean_ca"])))
+            front[index] = not bool(dominates.any())
+            beaten_by[index] = ", ".join(sorted(group.loc[dominates, "defense"]))
+    return front, beaten_by
 
 
 def write_csv(board: Leaderboard, path: Path) -> None:
@@ -193,3 +271,10 @@ def write_csv(board: Leaderboard, path: Path) -> None:
     from benchmark.storage import write_text_atomic
 
     write_text_atomic(path, board.cells.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+
+
+def write_pairwise_csv(board: Leaderboard, path: Path) -> None:
+    """Write ``pairwise.csv`` (schema in :mod:`leaderboard.compare`) atomically."""
+    from benchmark.storage import write_text_atomic
+
+    write_text_atomic(path, board.pairwise.to_csv(index=False, float_format="%.6g", lineterminator="\n"))

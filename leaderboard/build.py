@@ -8,12 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmark.storage import write_text_atomic
-from leaderboard.aggregate import DEFAULT_THRESHOLD, Leaderboard, build, write_csv
-from leaderboard.load import load_results, resolve_results_path
+from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
+from leaderboard.aggregate import Leaderboard, build, write_csv, write_pairwise_csv
+from leaderboard.load import load_cell_predictions, load_results, resolve_results_path
 
 
 def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: float = DEFAULT_THRESHOLD,
-                      quiet: bool = False) -> Path:
+                      quiet: bool = False, max_ca_cost: float = DEFAULT_MAX_CA_COST) -> Path:
     """Validate and aggregate ``paths``, write every output into ``out``, print the summary; returns index.html.
 
     ``out`` defaults to the folder of the first results file, so a run's leaderboard lands beside its results.
@@ -23,10 +24,11 @@ def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: flo
     from leaderboard.summary import print_summary
 
     results = load_results(paths)
-    board: Leaderboard = build(results, threshold)
+    board: Leaderboard = build(results, threshold, max_ca_cost, load_cell_predictions(results))
     out = Path(out) if out is not None else resolve_results_path(paths[0]).parent
     out.mkdir(parents=True, exist_ok=True)
     write_csv(board, out / "leaderboard.csv")
+    write_pairwise_csv(board, out / "pairwise.csv")
     figures = draw_all(board, out)
     sources = sorted({str(resolve_results_path(path)) for path in paths})
     index = out / "index.html"

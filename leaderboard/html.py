@@ -17,9 +17,10 @@ import jinja2
 import pandas as pd
 
 from benchmark.results import SCHEMA_VERSION
-from leaderboard.aggregate import NO_DEFENSE, Leaderboard
+from leaderboard.aggregate import CHANCE_MARGIN, NO_DEFENSE, Leaderboard
 from leaderboard.load import BENIGN_ATTACK
 from leaderboard.plots import FIGURES
+from leaderboard.rank_groups import inseparable, primary, seeds_text
 
 GALLERY = "trigger_gallery.png"  # drawn by `cleanbench run` into its output folder; the page embeds it
 PROVENANCE = ["cell_id", "status", "reason", "ca", "asr", "delta_ca", "delta_asr", "der", "n_clean", "n_triggered",
@@ -43,10 +44,16 @@ def render(board: Leaderboard, results: pd.DataFrame, figures: dict[str, Path], 
         "sources": sources,
         "schema_version": SCHEMA_VERSION,
         "threshold": board.threshold,
+        "max_ca_cost": board.max_ca_cost,
+        "chance_margin": CHANCE_MARGIN,
         "ranking": [_ranking_row(row) for row in board.ranking.to_dict("records")],
+        "pareto": [_ranking_row(row) for row in board.ranking.dropna(subset=["worst_asr"])
+                   .sort_values(["preset", "worst_asr", "mean_ca"], ascending=[True, True, False]).to_dict("records")],
+        "pairs": _pairs(board),
+        "inseparable": [_pair_row(row) for row in inseparable(board.pairwise).to_dict("records")],
         "cells": [_cell(index, row, results, board.per_seed) for index, row in enumerate(board.cells.to_dict("records"))],
-        "figures": [{"name": name, "caption": FIGURES[name], "png": _data_uri(path), "svg": path.with_suffix(".svg").name}
-                    for name, path in figures.items()],
+        "figures": {name: {"name": name, "caption": FIGURES[name], "png": _data_uri(path),
+                           "svg": path.with_suffix(".svg").name} for name, path in figures.items()},
         "gallery": _data_uri(gallery) if gallery.is_file() else None,
         "no_defense": NO_DEFENSE,
         "benign": BENIGN_ATTACK,
@@ -91,13 +98,17 @@ def _cell(index: int, row: dict, results: pd.DataFrame, per_seed: pd.DataFrame) 
         seeds.append({name: number(values[name], 1 if name.startswith("time_") else 4)
                       for name in ("seed", *PROVENANCE, "source")})
     first = rows.sort_values("seed").iloc[0]
+    ok = rows[rows["status"] == "ok"].sort_values("seed")
+    per_seed = {metric: " · ".join(number(value) for value in ok[metric]) if len(ok) > 1 else ""
+                for metric in ("ca", "asr")}
     benign = row["attack"] == BENIGN_ATTACK
     greyed = not benign and (row["took"] is pd.NA or not bool(row["took"]))
     return {
         "id": f"cell-{index}", "preset": row["preset"], "attack": row["attack"], "defense": row["defense"],
         "status": row["status"], "seeds": row["n_seeds"], "failed": row["n_failed"], "note": row["note"],
         "benign": benign, "greyed": greyed, "ci_method": row["ci_method"],
-        "rank": number(row["rank"]), "rank_sort": sort_key(row["rank"]),
+        "near_chance": row["near_chance"] is not pd.NA and bool(row["near_chance"]), "per_seed": per_seed,
+        "rank": number(row["rank"]), "rank_sort": sort_key(row["rank"]), "rank_group": row["rank_group"],
         "metrics": {metric: _metric(row, metric) for metric in ("ca", "asr", "delta_ca", "delta_asr", "der")},
         "time": number(row["time_defense_s_mean"], 1), "time_sort": sort_key(row["time_defense_s_mean"]),
         "config": [(name, _pretty(first[name])) for name in CONFIG],
@@ -117,9 +128,42 @@ def _pretty(value: object) -> str:
 
 def _ranking_row(row: dict) -> dict:
     return {"preset": row["preset"], "defense": row["defense"], "rank": number(row["rank"]),
-            "rank_sort": sort_key(row["rank"]), "worst_asr": number(row["worst_asr"]),
+            "rank_sort": sort_key(row["rank"]), "rank_group": row["rank_group"] or "—",
+            "pareto": bool(row["pareto"]), "beaten_by": row["beaten_by"], "useful": bool(row["useful"]),
+            "max_ca_cost": number(row["max_ca_cost"]), "max_ca_cost_sort": sort_key(row["max_ca_cost"]),
+            "max_ca_cost_on": row["max_ca_cost_on"], "worst_asr": number(row["worst_asr"]),
             "worst_asr_sort": sort_key(row["worst_asr"]), "worst_attack": row["worst_attack"],
             "mean_ca": number(row["mean_ca"]), "mean_ca_sort": sort_key(row["mean_ca"]),
             "ca_cost": number(row["ca_cost"]), "ca_cost_sort": sort_key(row["ca_cost"]),
             "time": number(row["time_defense_s"], 1), "time_sort": sort_key(row["time_defense_s"]),
             "note": row["note"]}
+
+
+def _pairs(board: Leaderboard) -> list[dict]:
+    """One row per compared pair and metric: the primary test's verdict, and how many single seeds McNemar
+    separates, so a reader sees both the across-seed and the per-image evidence."""
+    pairs = board.pairwise
+    if pairs.empty:
+        return []
+    keys = ["preset", "attack", "metric", "defense_a", "defense_b"]
+    per_image = pairs[pairs["test"] == "mcnemar"].groupby(keys)["verdict"]
+    separated = per_image.apply(lambda verdicts: int((verdicts != "not separable").sum()))
+    tested = per_image.size()
+    rows = []
+    for row in primary(pairs).sort_values(keys).to_dict("records"):
+        key = tuple(row[name] for name in keys)
+        mcnemar = f"{separated[key]} of {tested[key]} seeds" if key in tested.index else "—"
+        rows.append({**_pair_row(row), "mcnemar": mcnemar})
+    return rows
+
+
+def _pair_row(row: dict) -> dict:
+    interval = ("" if math.isnan(row["ci_low"]) or math.isnan(row["ci_high"])
+                else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]")
+    return {"preset": row["preset"], "attack": row["attack"] or "worst case", "metric": row["metric"],
+            "defense_a": row["defense_a"], "defense_b": row["defense_b"], "test": row["test"], "seeds": row["seeds"],
+            "diff": "—" if math.isnan(row["diff"]) else f"{row['diff']:+.3f}", "diff_sort": sort_key(row["diff"]),
+            "ci": interval, "p": number(row["p_value"], 4), "p_sort": sort_key(row["p_value"]),
+            "verdict": row["verdict"], "separable": row["verdict"] != "not separable",
+            "seeds_needed": seeds_text(row["seeds_needed"]),
+            "seeds_needed_sort": "1e12" if row["seeds_needed"] == math.inf else sort_key(row["seeds_needed"])}

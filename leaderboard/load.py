@@ -9,11 +9,15 @@ different things.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
 
 from benchmark.errors import UserError
+from benchmark.predictions import FILENAME as PREDICTIONS_FILE
+from benchmark.predictions import Predictions, PredictionsError, load_predictions
 from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes")
@@ -24,6 +28,7 @@ REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
 ASR_COLUMNS = ("asr", "asr_low", "asr_high")
 STATUSES = ("ok", "failed")
 BENIGN_ATTACK = "none"
+CELL_ID = re.compile(r"[0-9a-f]{16}")  # the runner's cache keys; anything else never becomes part of a path
 
 
 def resolve_results_path(path: Path) -> Path:
@@ -184,3 +189,28 @@ def _check_conflicts(table: pd.DataFrame) -> None:
         f"{first['source']} line {first['line']} and {second['source']} line {second['line']} are both "
         f"{first['preset']} / {first['attack']} / {first['defense']} seed {first['seed']} but different cells "
         "(another config or version); build a leaderboard from one configuration at a time")
+
+
+def load_cell_predictions(results: pd.DataFrame) -> dict[str, Predictions]:
+    """The per-image predictions of every ``ok`` row that has them: ``cache/cells/<cell_id>/predictions.npz``
+    beside the row's results file (:mod:`benchmark.predictions`). Folders written before predictions existed
+    simply have none. A damaged or inconsistent file is skipped with a warning, never trusted."""
+    found: dict[str, Predictions] = {}
+    for row in results[results["status"] == "ok"].itertuples():
+        if not CELL_ID.fullmatch(str(row.cell_id)):
+            continue  # hand-made or foreign ids name no cache folder
+        path = Path(row.source).parent / "cache" / "cells" / row.cell_id / PREDICTIONS_FILE
+        if not path.is_file():
+            continue
+        try:
+            predictions = load_predictions(path)
+        except PredictionsError as error:
+            warnings.warn(f"ignoring predictions: {error}", stacklevel=2)
+            continue
+        if len(predictions.clean_pred) != row.n_clean or (
+                row.attack != BENIGN_ATTACK and len(predictions.triggered_pred) != row.n_triggered):
+            warnings.warn(f"ignoring predictions: {path} does not match its row ({row.source} line {row.line})",
+                          stacklevel=2)
+            continue
+        found[row.cell_id] = predictions
+    return found

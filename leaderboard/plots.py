@@ -1,4 +1,6 @@
-"""The leaderboard's figures, drawn with matplotlib's Agg backend (no display), each saved as PNG and SVG.
+"""The leaderboard's figures, drawn with matplotlib's Agg backend (no display), each saved as PNG and SVG: the
+Pareto view of the ranking, CA against ASR per attack, the ASR heatmap, every seed's ASR (so one bad seed cannot
+hide in a mean) and the CA cost on the benign control.
 
 Colours are the Okabe–Ito palette and every defense also gets its own marker, so the plots read in greyscale
 and for colour-blind readers; the heatmap uses ``cividis``, built for the same purpose. Names from results
@@ -22,8 +24,9 @@ from leaderboard.load import BENIGN_ATTACK  # noqa: E402
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "*", "h", "<", ">"]
 GREY = "#999999"
-FIGURES = {"tradeoff": "CA against ASR per attack", "asr_heatmap": "ASR by attack and defense",
-           "ca_cost": "CA cost on the benign control"}
+FIGURES = {"pareto": "Pareto view: mean CA against worst-case ASR per defense",
+           "tradeoff": "CA against ASR per attack", "asr_heatmap": "ASR by attack and defense",
+           "asr_seeds": "ASR of every seed per attack and defense", "ca_cost": "CA cost on the benign control"}
 
 
 def text(value: object) -> str:
@@ -41,11 +44,13 @@ def defense_styles(defenses: list[str]) -> dict[str, tuple[str, str]]:
 
 def draw_all(board: Leaderboard, out: Path) -> dict[str, Path]:
     """Draw every figure into ``out``; returns figure name → PNG path (an SVG lies beside each)."""
-    cells = board.cells
-    styles = defense_styles(list(cells["defense"].unique()))
+    styles = defense_styles(list(board.cells["defense"].unique()))
+    drawers = {"pareto": _pareto, "tradeoff": lambda b, s: _tradeoff(b.cells, s),
+               "asr_heatmap": lambda b, s: _heatmap(b.cells, s), "asr_seeds": _seed_strips,
+               "ca_cost": lambda b, s: _ca_cost(b.cells, s)}
     drawn = {}
-    for name, draw in (("tradeoff", _tradeoff), ("asr_heatmap", _heatmap), ("ca_cost", _ca_cost)):
-        figure = draw(cells, styles)
+    for name in FIGURES:
+        figure = drawers[name](board, styles)
         if figure is None:
             continue
         drawn[name] = _save(figure, Path(out) / name)
@@ -172,5 +177,69 @@ def _ca_cost(cells: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Fig
         axis.set(xlabel="ΔCA = CA(no defense) − CA(defense); positive = accuracy lost",
                  title=f"CA cost on the benign control — {text(preset)}")
         axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _pareto(board: Leaderboard, styles: dict[str, tuple[str, str]]) -> plt.Figure | None:
+    """Mean CA against worst-case ASR per defense, one panel per preset; the Pareto front joined by a line,
+    defenses outside the CA budget drawn hollow."""
+    ranking = board.ranking.dropna(subset=["worst_asr", "mean_ca"])
+    if ranking.empty:
+        return None
+    presets = sorted(ranking["preset"].unique())
+    figure, axes = plt.subplots(1, len(presets), figsize=(5.6 * len(presets), 4.4), squeeze=False)
+    for axis, preset in zip(axes[0], presets):
+        group = ranking[ranking["preset"] == preset]
+        front = group[group["pareto"]].sort_values("worst_asr")
+        axis.step(front["worst_asr"], front["mean_ca"], where="post", color=GREY, linewidth=1, zorder=1,
+                  label="Pareto front")
+        for row in group.itertuples():
+            colour, marker = styles[row.defense]
+            axis.plot(row.worst_asr, row.mean_ca, marker=marker, markersize=10, linestyle="",
+                      color=colour if row.useful else "white", markeredgecolor=colour if not row.useful else "black",
+                      markeredgewidth=1.5 if not row.useful else 0.6, zorder=3)
+            label = text(row.defense) + ("" if row.useful else " (CA cost over budget)")
+            axis.annotate(label, (row.worst_asr, row.mean_ca), textcoords="offset points", xytext=(7, 4),
+                          fontsize=8, color="black" if row.ranked else GREY)
+        axis.set(xlim=(-0.03, 1.03), xlabel="worst-case ASR over attacks that took (lower is better)",
+                 ylabel="mean CA over those attacks (higher is better)",
+                 title=f"Pareto view — {text(preset)} (CA budget {board.max_ca_cost:g})")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="lower right", fontsize=8, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def _seed_strips(board: Leaderboard, styles: dict[str, tuple[str, str]]) -> plt.Figure | None:
+    """Every seed's ASR per attack × defense (points), with the mean (bar), one panel per (preset, attack)."""
+    per_seed = board.per_seed[board.per_seed["attack"] != BENIGN_ATTACK]
+    if per_seed.empty:
+        return None
+    panels = list(per_seed.groupby(["preset", "attack"], sort=True))
+    columns = min(3, len(panels))
+    rows = int(np.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat[len(panels):]:
+        axis.set_visible(False)
+    took = board.cells.set_index(["preset", "attack", "defense"])["took"]
+    for axis, ((preset, attack), group) in zip(axes.flat, panels):
+        defenses = sorted(group["defense"].unique(), key=lambda name: (name != NO_DEFENSE, name))
+        for position, defense in enumerate(defenses):
+            values = group.loc[group["defense"] == defense].sort_values("seed")
+            colour, marker = styles[defense]
+            offsets = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else np.zeros(1)
+            axis.scatter(position + offsets, values["asr"], color=colour, marker=marker, s=28,
+                         edgecolors="black", linewidths=0.5, zorder=3)
+            axis.hlines(values["asr"].mean(), position - 0.3, position + 0.3, color="black", linewidth=1.2, zorder=2)
+        flag = took.get((preset, attack, NO_DEFENSE), pd.NA)
+        dim = pd.isna(flag) or not bool(flag)
+        axis.set_xticks(range(len(defenses)), [text(name) for name in defenses], rotation=30, ha="right",
+                        fontsize=8)
+        axis.set(ylim=(-0.03, 1.03), ylabel="ASR per seed")
+        axis.set_title(f"{text(attack)} — {text(preset)}" + (" (did not take)" if dim else ""), fontsize=10,
+                       color=GREY if dim else "black")
+        axis.grid(axis="y", alpha=0.3)
+    figure.suptitle("ASR of every seed (points) and their mean (bar)", fontsize=11)
     figure.tight_layout()
     return figure

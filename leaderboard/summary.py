@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from leaderboard.aggregate import Leaderboard
+from leaderboard.rank_groups import inseparable, seeds_text
 
 
 def _fmt(value: float) -> str:
@@ -29,11 +30,22 @@ def print_summary(board: Leaderboard) -> None:
                       _fmt(row.ca_mean), _fmt(row.asr_mean), _fmt(row.delta_asr_mean), _fmt(row.der_mean),
                       str(row.n_failed), escape(row.note), style=style)
     console.print(table)
-    ranking = Table(title="defense ranking (worst-case ASR over attacks that took; ties: CA)")
-    for column in ("preset", "rank", "defense", "worst ASR", "mean CA", "CA cost", "note"):
+    ranking = Table(title=f"defense ranking (CA cost within {board.max_ca_cost:g}; then worst-case ASR over "
+                          "attacks that took; ties: CA)")
+    for column in ("preset", "rank", "group", "defense", "worst ASR", "mean CA", "CA cost", "Pareto", "note"):
         ranking.add_column(column)
     for row in board.ranking.itertuples():
         rank = "—" if pd.isna(row.rank) else str(row.rank)
-        ranking.add_row(escape(row.preset), rank, escape(row.defense), _fmt(row.worst_asr), _fmt(row.mean_ca),
-                        _fmt(row.ca_cost), escape(row.note))
+        ranking.add_row(escape(row.preset), rank, row.rank_group or "—", escape(row.defense), _fmt(row.worst_asr),
+                        _fmt(row.mean_ca), _fmt(row.max_ca_cost), "front" if row.pareto else "",
+                        escape(row.note), style=None if row.ranked else "dim")
     console.print(ranking)
+    pairs = inseparable(board.pairwise)
+    if len(pairs):
+        table = Table(title="ranked pairs the data cannot separate (paired worst-case ASR, 95%)")
+        for column in ("preset", "defense a", "defense b", "ASR a − b", "test", "seeds", "seeds needed"):
+            table.add_column(column)
+        for pair in pairs.itertuples():
+            table.add_row(escape(pair.preset), escape(pair.defense_a), escape(pair.defense_b), f"{pair.diff:+.3f}",
+                          pair.test, pair.seeds, seeds_text(pair.seeds_needed))
+        console.print(table)

@@ -1,5 +1,6 @@
 """A real browser (headless Chromium driven by Playwright) opens ``index.html`` from disk: sorting, a cell's
-details, no requests beyond the file itself, and an untrusted defense name shown as text, never run.
+details, the verdict tables and the Pareto plot, no requests beyond the file itself, and an untrusted defense
+name shown as text, never run.
 
 Needs the Debian ``chromium`` package and ``pip install playwright`` (never ``playwright install``: the system
 Chromium is used); skips with the reason when either is missing.
@@ -14,7 +15,7 @@ import pytest
 
 from leaderboard.build import write_leaderboard
 
-from .test_leaderboard import EVIL, known_rows, make_row, write_results
+from tests.results_rows import EVIL, known_rows, make_row, write_results
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -33,6 +34,8 @@ def page_url(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("site")
     rows = known_rows() + [make_row("badnet", EVIL, 0, 0.70, 0.20, defense_config='{"x": "<img src=x onerror=alert(2)>"}'),
                            make_row("badnet", EVIL, 1, 0.68, 0.30)]
+    rows += [make_row(attack, "wreck", seed, 0.10, None if attack == "none" else 0.0, n_classes=10)
+             for attack in ("none", "badnet") for seed in (0, 1)]
     return write_leaderboard([write_results(folder / "results.csv", rows)], quiet=True).as_uri()
 
 
@@ -96,3 +99,23 @@ def test_untrusted_names_are_text_and_the_page_fetches_nothing(page):
     assert "onerror=alert(2)" in page.locator("dialog[open]").inner_text()
     assert page.alerts == []
     assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
+
+
+def _texts(page, selector: str, column: int) -> list[str]:
+    return page.eval_on_selector_all(selector, f"rows => rows.map(row => row.cells[{column}].textContent.trim())")
+
+
+def test_the_verdict_tables_and_the_pareto_plot_render_and_sort(page):
+    ranking = page.locator("#ranking-table tbody tr", has_text="wreck")
+    assert "not ranked: CA cost" in ranking.inner_text() and ranking.locator("td").nth(1).inner_text() == "—"
+    image = page.locator("#figure-pareto img")
+    assert image.is_visible() and image.evaluate("img => img.complete && img.naturalWidth > 0")
+    assert page.locator("#pareto-table tbody tr").count() >= 4
+    assert page.locator("#cells-table .badge.chance").count() >= 1  # the wreck's cells: near chance
+    rows = page.locator("#pairwise-table tbody tr")
+    assert rows.count() > 0 and page.locator("#pairwise-table", has_text="paired_t").count() == 1
+    header = page.locator("#pairwise-table thead th").nth(7)  # p
+    header.click()
+    values = [float(value) for value in _texts(page, "#pairwise-table tbody tr", 7) if value != "—"]
+    assert values == sorted(values) and header.get_attribute("aria-sort") == "ascending"
+    assert page.locator("#inseparable-table tbody tr").count() >= 1

@@ -27,7 +27,7 @@ from defenses import DEFENSES
 from leaderboard.build import write_leaderboard
 from leaderboard.html import environment
 from tests.conftest import TEST_PRESET
-from tests.test_leaderboard import make_row, write_results
+from tests.results_rows import make_row, write_results
 
 MODEL = "cleanbench-vit-tiny"
 NAME_RULE = "use letters, digits and - _ . + (at most 64, no '..')"

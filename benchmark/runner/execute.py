@@ -27,7 +27,6 @@ from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
 from benchmark.checkpoints import read_state_dict, save_state_dict
-from benchmark.config import config_dict
 from benchmark.data.streaming_batches import pair_batches
 from benchmark.distributed import barrier, world
 from benchmark.errors import UserError
