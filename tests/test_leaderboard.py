@@ -10,10 +10,11 @@ import pytest
 
 from benchmark.errors import UserError
 from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
-from tests.results_rows import EVIL, known_rows, make_row, write_results
 from leaderboard.aggregate import build, der
 from leaderboard.build import write_leaderboard
 from leaderboard.load import load_results
+from tests.results_rows import EVIL, known_rows, make_row, write_results
+
 
 @pytest.fixture
 def board(tmp_path):
@@ -193,6 +194,19 @@ def test_a_version_1_file_is_read_as_the_current_schema_and_merges_with_it(tmp_p
     table = load_results([old, new])
     assert set(table["schema_version"]) == {SCHEMA_VERSION} and len(table) == len(known_rows())
     assert (table.loc[table["seed"] == 0, "defense_recipe"] == "").all()
+
+
+def test_a_run_resuming_into_a_version_2_file_rewrites_it_as_the_current_schema(tmp_path):
+    from benchmark.results import ResultsFile
+
+    old_columns = [column for column in COLUMNS if column not in UPGRADABLE[2]]
+    rows = [dict(row, schema_version=2) for row in known_rows()[:3]]
+    path = write_results(tmp_path / "results.csv", rows, old_columns)
+    results = ResultsFile(path)
+    results.upsert(make_row("blended", "none", 0, 0.8, 0.9, n_classes=10))
+    table = load_results([path])
+    assert set(table["schema_version"]) == {SCHEMA_VERSION} and len(table) == 4
+    assert table["n_classes"].isna().sum() == 3 and table["n_classes"].dropna().tolist() == [10]
 
 
 def test_two_files_merge_but_conflicting_cells_are_refused(tmp_path):
