@@ -228,11 +228,11 @@ def rank_defenses(cells: pd.DataFrame, max_ca_cost: float = DEFAULT_MAX_CA_COST)
         at_chance = sorted(ok.index[ok["near_chance"].fillna(False).astype(bool)])
         if not took:
             row["note"] = "no attack took: nothing to rank on"
-        elif missing:
-            row["note"] = f"not ranked: no successful cell for {', '.join(missing)}"
-        elif not row["useful"]:
+        elif not row["useful"]:  # the first reason: a wrecked model is never ranked, whatever else it lacks
             row["note"] = (f"not ranked: CA cost {row['max_ca_cost']:.3f} > {max_ca_cost:g} "
                            f"(on {row['max_ca_cost_on']})")
+        elif missing:
+            row["note"] = f"not ranked: no successful cell for {', '.join(missing)}"
         elif at_chance:
             row["note"] = f"not ranked: CA near chance on {', '.join(at_chance)}"
         row["ranked"] = not row["note"]
