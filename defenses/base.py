@@ -24,7 +24,13 @@ from benchmark.training_recipe import TrainRecipe
 
 @dataclass
 class DefenseContext:
-    """What a defense may use: device, seed, the preset's finetuning recipe, tokenizer, clean validation data."""
+    """What a defense may use: device, seed, the recipe it trains with, tokenizer, clean validation data.
+
+    ``recipe`` is already the defense's own: the preset's ``[finetune]`` recipe with the set (non-None) fields of
+    the defense's config that are named like :class:`TrainRecipe`'s replacing its values
+    (:func:`effective_recipe`). The runner computes it once when it plans the cell and records that same object
+    in the cell's row (``defense_recipe``), so a defense trains with ``context.recipe`` as it is.
+    """
 
     device: torch.device
     seed: int
@@ -34,7 +40,9 @@ class DefenseContext:
     reporter: Reporter
 
     def recipe_with(self, **overrides: Any) -> TrainRecipe:
-        """The preset's recipe with the defense config's set (non-None) fields replacing its values."""
+        """:attr:`recipe` with the set (non-None) ``overrides`` replacing its values. Kept for plugins written
+        when the context carried the preset's recipe: passing the config's own recipe fields changes nothing,
+        since :attr:`recipe` already has them."""
         return dataclasses.replace(self.recipe, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -46,7 +54,8 @@ def check_recipe_overrides(config: Any) -> None:
 
 def effective_recipe(recipe: TrainRecipe, config: Any) -> TrainRecipe:
     """The recipe a defense trains with: ``recipe`` with the config's set fields of the same names replacing its
-    values (the fields a defense passes to :meth:`DefenseContext.recipe_with`)."""
+    values. The runner's plan computes it once per cell and hands it to the defense as
+    :attr:`DefenseContext.recipe`."""
     if not dataclasses.is_dataclass(config):
         return recipe
     names = {field.name for field in dataclasses.fields(TrainRecipe)}

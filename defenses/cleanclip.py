@@ -225,7 +225,7 @@ class CleanCLIP(Defense):
         config = self.config
         if len(clean_data) < 2:
             raise UserError(f"{self.name} needs at least 2 clean pairs, got {len(clean_data)}")
-        recipe = context.recipe_with(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size)
+        recipe = context.recipe  # the preset's [finetune] with this config's recipe fields set
         if config.inmodal_weight == 0:
             batches = pair_batches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size,
                                   torch.Generator().manual_seed(context.seed), context.device)

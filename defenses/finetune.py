@@ -46,7 +46,7 @@ class Finetune(Defense):
     Config = FinetuneConfig
 
     def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
-        recipe = context.recipe_with(epochs=self.config.epochs, lr=self.config.lr, batch_size=self.config.batch_size)
+        recipe = context.recipe  # the preset's [finetune] with this config's recipe fields set
         generator = torch.Generator().manual_seed(context.seed)
         batches = pair_batches(clean_data, context.tokenizer, Normalizer(model), recipe.batch_size, generator,
                               context.device)

@@ -124,8 +124,7 @@ class Supervised(Defense):
                             f"{len(classnames)} classes (labels in [0, {len(classnames) - 1}]); these pairs have "
                             f"labels in [{int(labels.min()) if len(labels) else '-'}, "
                             f"{int(labels.max()) if len(labels) else '-'}]")
-        recipe = context.recipe_with(epochs=self.config.epochs, lr=self.config.lr,
-                                     batch_size=self.config.batch_size, weight_decay=self.config.weight_decay)
+        recipe = context.recipe  # the preset's [finetune] with this config's recipe fields set
         visual = model.visual
         with torch.no_grad():
             embed_dim = visual.eval()(Normalizer(model)(clean_data.images[:1].to(context.device))).shape[1]

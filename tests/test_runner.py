@@ -67,6 +67,15 @@ def test_tuning_notes_name_their_section():
     assert cells["finetune"].recipe["tuning"] == "[finetune] recipe: lr on clean val CA"
 
 
+def test_the_recipe_a_defense_is_given_is_the_one_its_row_records():
+    preset = dataclasses.replace(load_preset(str(TEST_PRESET)), defenses={"finetune": {"epochs": 3, "lr": 2e-4}})
+    cells = {cell.defense: cell for cell in plan_grid(preset, ["badnet"], ["finetune"], [0]).cells}
+    recipe = cells["finetune"].train_recipe
+    assert (recipe.epochs, recipe.lr, recipe.batch_size) == (3, 2e-4, preset.finetune.batch_size)
+    assert cells["finetune"].recipe == {**dataclasses.asdict(recipe), "tuning": "fixed in the preset"}
+    assert cells["none"].recipe is None and cells["none"].train_recipe == preset.finetune
+
+
 def test_second_run_trains_nothing(finished_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished_run, out)

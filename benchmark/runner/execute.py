@@ -228,7 +228,7 @@ def _run_cell(plan: Plan, task: Task, cell: CellSpec, victim: _Victim, store: Ar
     defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
     seed = derive_seed(cell.victim.seed, "defense", cell.defense)
     torch.manual_seed(seed)
-    context = DefenseContext(device, seed, preset.finetune, tokenizer, task.val_set, reporter)
+    context = DefenseContext(device, seed, cell.train_recipe, tokenizer, task.val_set, reporter)
     start = time.perf_counter()
     defended: nn.Module = defense.apply(model, task.clean_pairs, context)
     time_defense = time.perf_counter() - start

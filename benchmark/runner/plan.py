@@ -26,6 +26,7 @@ from benchmark.data.source_splits import streamed_splits
 from benchmark.presets import DataSpec, Preset
 from benchmark.storage import content_key
 from defenses import DEFENSES
+from benchmark.training_recipe import TrainRecipe
 from defenses.base import effective_recipe
 
 BENIGN = "none"  # the attack name of the benign control: a victim trained on clean pairs
@@ -59,7 +60,18 @@ class CellSpec:
     defense_settings: dict[str, Any]
     defense_config: dict[str, Any]
     key: str
-    recipe: dict[str, Any] | None = None  # what the defense trains with and how it was chosen (None: no training)
+    # The recipe the defense trains with (the preset's [finetune] with the config's recipe fields set): the
+    # runner hands this very object to the defense (``DefenseContext.recipe``) and records it in the row.
+    train_recipe: TrainRecipe
+    tuning: str | None = None  # how the recipe was chosen; None: the defense does not train with it
+
+    @property
+    def recipe(self) -> dict[str, Any] | None:
+        """What the row records as ``defense_recipe``: :attr:`train_recipe` and how it was chosen (None when the
+        defense does not train with a recipe)."""
+        if self.tuning is None:
+            return None
+        return {**config_dict(self.train_recipe), "tuning": self.tuning}
 
 
 @dataclass
@@ -145,11 +157,9 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
     key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
                       config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed)
-    recipe = None
-    if cls.uses_recipe:
-        recipe = {**config_dict(effective_recipe(preset.finetune, instance.config)),
-                  "tuning": tuning_note(preset, defense)}
-    return CellSpec(victim, defense, cls.version, settings, config, key, recipe)
+    tuning = tuning_note(preset, defense) if cls.uses_recipe else None
+    return CellSpec(victim, defense, cls.version, settings, config, key,
+                    effective_recipe(preset.finetune, instance.config), tuning)
 
 
 def data_key(data: DataSpec, split: str) -> dict[str, Any]:
