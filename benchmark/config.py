@@ -93,8 +93,3 @@ def check_range(name: str, value: float, low: float | None = None, high: float |
 def config_dict(config: Any) -> dict[str, Any]:
     """A dataclass config as a JSON-ready dict (for cache keys and result provenance)."""
     return json.loads(json.dumps(dataclasses.asdict(config), default=str))
-
-
-def config_json(config: Any) -> str:
-    """Canonical JSON (sorted keys, no spaces) of a dataclass config."""
-    return json.dumps(config_dict(config), sort_keys=True, separators=(",", ":"))

@@ -43,7 +43,6 @@ class PluginFailure:
         return f"plugin '{self.name}' from {self.origin} failed to load and was skipped: {self.error}"
 
 
-FAILURES: list[PluginFailure] = []
 _autoloaded = False
 
 
@@ -66,7 +65,6 @@ def load_entry_points(force: bool = False) -> list[PluginFailure]:
                 registry.add(entry.name, entry.load(), source=origin)
             except Exception as error:  # noqa: BLE001 - a broken plugin must not take the tool down
                 failures.append(_failure(entry.name, origin, error))
-    FAILURES.extend(failures)
     return failures
 
 
@@ -87,9 +85,7 @@ def _guard(name: str, origin: str, load) -> list[PluginFailure]:
     except UserError:
         raise
     except Exception as error:  # noqa: BLE001
-        failure = _failure(name, origin, error)
-        FAILURES.append(failure)
-        return [failure]
+        return [_failure(name, origin, error)]
 
 
 def _failure(name: str, origin: str, error: BaseException) -> PluginFailure:

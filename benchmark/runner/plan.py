@@ -82,9 +82,6 @@ class Plan:
     victims: list[VictimSpec]
     cells: list[CellSpec]
 
-    def cells_of(self, victim: VictimSpec) -> list[CellSpec]:
-        return [cell for cell in self.cells if cell.victim.key == victim.key]
-
 
 def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: list[int], *,
               attack_overrides: dict[str, Any] | None = None, resolve: bool = True) -> Plan:
