@@ -15,7 +15,7 @@ from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption,
                                    load_plugins, parse_seeds, user_errors)
 from benchmark.cli_validate import DataOption, preset_for_run, validate_command
 from benchmark.errors import UserError
-from benchmark.results import RESULTS_FILE
+from benchmark.results import BENIGN_ATTACK, GALLERY_FILE, RESULTS_FILE
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 
 MaxCaCostOption = typer.Option(
@@ -64,11 +64,10 @@ def run(
     from defenses import DEFENSES
     from benchmark.gallery import draw_gallery
     from leaderboard.build import write_leaderboard
-    from leaderboard.html import GALLERY
 
     load_plugins(plugin, no_plugin_autoload)
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
-    attack_names = [] if attacks.strip() == "none" else ATTACKS.resolve(attacks)
+    attack_names = [] if attacks.strip() == BENIGN_ATTACK else ATTACKS.resolve(attacks)
     plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), parse_seeds(seeds),
                      attack_overrides=attack_overrides(poison_rate, poison_count))
     torch_device = resolve_device(device)
@@ -91,7 +90,7 @@ def run(
                  f"{summary.cells_failed} failed")
     if attack_names:  # the leaderboard page embeds what each trigger looks like
         try:
-            draw_gallery(chosen_preset, attack_names, out / GALLERY)
+            draw_gallery(chosen_preset, attack_names, out / GALLERY_FILE)
         except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
             reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
     if (out / RESULTS_FILE).exists():

@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.results import GALLERY_FILE
 
 attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the registered attacks.")
 
@@ -20,7 +21,7 @@ attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Insp
 @user_errors
 def show(
     names: str = typer.Argument("all", help="Comma-separated attack names, or 'all'."),
-    out: Path = typer.Option(Path("trigger_gallery.png"), help="The PNG file to write."),
+    out: Path = typer.Option(Path(GALLERY_FILE), help="The PNG file to write."),
     preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
     count: int = typer.Option(4, min=1, max=32, help="Test images per attack."),
     seed: int = typer.Option(0, min=0, help="Seed of the attacks' fixed parts and of their per-image draws."),

@@ -57,7 +57,10 @@ from benchmark.errors import UserError
 from benchmark.faults import failpoint
 from benchmark.storage import write_text_atomic
 
-RESULTS_FILE = "results.csv"
+RESULTS_FILE = "results.csv"  # in a run's output folder
+GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` draws beside it; the page embeds it
+BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
+REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
 SCHEMA_VERSION = 3
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe`` and ``n_classes``, version 2 lacked ``n_classes``. Such files are read as the current version

@@ -13,7 +13,8 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.presets import Preset, SourceSpec
-from benchmark.runner.plan import REFERENCE_DEFENSE, Plan
+from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
+from benchmark.runner.plan import Plan
 
 
 @dataclass
@@ -56,7 +57,7 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
     resolved = _attempt(report, lambda: resolve_preset(preset, overrides))
 
     def grid() -> Plan:
-        attack_names = [] if attacks.strip() == "none" else _attempt(report, lambda: ATTACKS.resolve(attacks))
+        attack_names = [] if attacks.strip() == BENIGN_ATTACK else _attempt(report, lambda: ATTACKS.resolve(attacks))
         defense_names = _attempt(report, lambda: DEFENSES.resolve(defenses))
         if attack_names is None or defense_names is None:
             return None

@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE))
 
 from benchmark.models import create_model, tokenizer_for  # noqa: E402
 from benchmark.presets import load_preset  # noqa: E402
+from benchmark.results import RESULTS_FILE  # noqa: E402
 from benchmark.task import build_task  # noqa: E402
 from cleanclip_epoch_time import StepClock  # noqa: E402  (benchmarks/ is on sys.path)
 
@@ -280,7 +281,7 @@ def section_grid(preset, args) -> list[Figure]:
     from attacks import ATTACKS
 
     out = Path(args.grid_out) if args.grid_out else Path(tempfile.mkdtemp(prefix="cleanbench-grid-"))
-    if (out / "results.csv").exists():
+    if (out / RESULTS_FILE).exists():
         raise SystemExit(f"--grid-out {out} already holds results: the grid must be timed from an empty folder")
     common = ["--attacks", "all", "--defenses", "all", "--preset", args.preset, "--out", str(out), "--device", "cpu"]
     one = run_grid([*common, "--seeds", "0"], out.parent / f"{out.name}-seed0.log")

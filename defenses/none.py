@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from benchmark.data.pairs import PairSet
+from benchmark.results import REFERENCE_DEFENSE
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext
 
@@ -20,7 +21,7 @@ class NoDefenseConfig:
 class NoDefense(Defense):
     """Returns the model unchanged."""
 
-    name = "none"
+    name = REFERENCE_DEFENSE
     version = "1"
     Config = NoDefenseConfig
     uses_recipe = False

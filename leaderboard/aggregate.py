@@ -53,10 +53,10 @@ from benchmark.errors import UserError
 from benchmark.predictions import Predictions
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 from leaderboard.compare import PAIRWISE_COLUMNS, pairwise
-from leaderboard.load import BENIGN_ATTACK
+from benchmark.results import BENIGN_ATTACK
+from benchmark.results import REFERENCE_DEFENSE as NO_DEFENSE
 from leaderboard.rank_groups import rank_group_labels, rank_pairs
 
-NO_DEFENSE = "none"
 KEY = ["preset", "attack", "defense"]
 METRICS = ["ca", "asr", "ca_top5", "delta_ca", "delta_asr", "der"]
 BOUNDS = {"delta_ca": (-1.0, 1.0), "delta_asr": (-1.0, 1.0)}  # the others are fractions in [0, 1]

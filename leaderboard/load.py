@@ -18,7 +18,7 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
-from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
+from benchmark.results import BENIGN_ATTACK, COLUMNS, RESULTS_FILE, SCHEMA_VERSION, UPGRADABLE
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes")
 FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
@@ -27,7 +27,6 @@ REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
 REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
 ASR_COLUMNS = ("asr", "asr_low", "asr_high")
 STATUSES = ("ok", "failed")
-BENIGN_ATTACK = "none"
 CELL_ID = re.compile(r"[0-9a-f]{16}")  # the runner's cache keys; anything else never becomes part of a path
 
 
@@ -35,7 +34,7 @@ def resolve_results_path(path: Path) -> Path:
     """A results file, or a run's output folder holding ``results.csv``."""
     path = Path(path)
     if path.is_dir():
-        path = path / "results.csv"
+        path = path / RESULTS_FILE
     if not path.is_file():
         raise UserError(f"no results file at {path}")
     return path

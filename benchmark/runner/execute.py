@@ -36,9 +36,9 @@ from benchmark.models import create_model, model_from_spec, tokenizer_for
 from benchmark.poisoning import poison_split
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit
-from benchmark.results import SCHEMA_VERSION, ResultsFile
+from benchmark.results import BENIGN_ATTACK, RESULTS_FILE, SCHEMA_VERSION, ResultsFile
 from benchmark.runner.lock import OutputLock, SharedResults
-from benchmark.runner.plan import BENIGN, CellSpec, Plan, VictimSpec
+from benchmark.runner.plan import CellSpec, Plan, VictimSpec
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
 from benchmark.storage import remove_stale_temporaries
@@ -85,13 +85,13 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
     # Refuse a foreign, other-version or other-config results file before writing anything.
-    ResultsFile(out_dir / "results.csv").refuse_changed_configs(
+    ResultsFile(out_dir / RESULTS_FILE).refuse_changed_configs(
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
     build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
     with OutputLock(out_dir) if world().is_main else contextlib.nullcontext():
         reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
                      f"device {device}, output {out_dir}")
-        results = ResultsFile(out_dir / "results.csv")
+        results = ResultsFile(out_dir / RESULTS_FILE)
         barrier()  # under torchrun every rank has read the results before rank 0 writes
         if world().is_main and remove_stale_temporaries(out_dir):
             reporter.log("removed temporary files left by a killed run")
@@ -123,7 +123,7 @@ def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path
     if stage not in ("all", "victim", "cells"):
         raise ValueError(f"stage {stage!r}: choose all, victim or cells")
     summary = RunSummary()
-    store, results = ArtifactStore(Path(out_dir) / "cache"), SharedResults(Path(out_dir) / "results.csv")
+    store, results = ArtifactStore(Path(out_dir) / "cache"), SharedResults(Path(out_dir) / RESULTS_FILE)
     _run_victim(plan, build_task(plan.preset), spec, cells, store, results, device, reporter, summary,
                 advance or (lambda *args, **kwargs: None), stage)
     return summary
@@ -132,10 +132,10 @@ def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path
 def record_lost_cells(plan: Plan, cells: list[CellSpec], reason: str, out_dir: Path, summary: RunSummary,
                       reporter: Reporter) -> None:
     """Record as ``failed`` the cells of a worker that died before writing their rows (a rerun redoes them)."""
-    written = ResultsFile(Path(out_dir) / "results.csv").rows
+    written = ResultsFile(Path(out_dir) / RESULTS_FILE).rows
     for cell in cells:
         if cell.key not in written:
-            SharedResults(Path(out_dir) / "results.csv").upsert(_row(plan, cell, None, {}, torch.device("cpu"),
+            SharedResults(Path(out_dir) / RESULTS_FILE).upsert(_row(plan, cell, None, {}, torch.device("cpu"),
                                                                      "failed", reason[:300]))
             summary.cells_failed += 1
             summary.failures.append(f"{cell.victim.attack} × {cell.defense} seed {cell.victim.seed}: {reason}")
@@ -176,7 +176,7 @@ def _ensure_victim(plan: Plan, task: Task, spec: VictimSpec, store: ArtifactStor
                    reporter: Reporter, summary: RunSummary, counted: bool = True) -> _Victim:
     preset = plan.preset
     attack = None
-    if spec.attack != BENIGN:
+    if spec.attack != BENIGN_ATTACK:
         context = AttackContext(preset.data.image_size, spec.seed, device, clean_pairs=task.clean_pairs,
                                 model_name=preset.model.name)
         attack = ATTACKS.get(spec.attack).from_settings(spec.attack_settings, context=context)

@@ -89,7 +89,7 @@ class LocalPool:
         self.setup = setup
 
     def run(self, plan, groups, out_dir, device, reporter):
-        from benchmark.results import ResultsFile
+        from benchmark.results import RESULTS_FILE, ResultsFile
         from benchmark.runner.execute import RunSummary
 
         if len(groups) == 1 and len(groups[0][1]) == 1:  # one job: nothing to spread, no processes to start
@@ -114,7 +114,7 @@ class LocalPool:
                     stage, spec, cells = jobs.pop(job)
                     if not _gather(plan, (spec, cells), job, out_dir, summary, reporter) or stage == "cells":
                         continue
-                    results = ResultsFile(Path(out_dir) / "results.csv")  # cells the victim stage did not settle
+                    results = ResultsFile(Path(out_dir) / RESULTS_FILE)  # cells the victim stage did not settle
                     for cell in (cell for cell in cells if not results.done(cell.key)):
                         try:
                             job = pool.submit(_run_in_worker, plan, spec, [cell], str(out_dir), "cells")

@@ -24,13 +24,12 @@ from benchmark.config import config_dict
 from benchmark.errors import UserError
 from benchmark.data.source_splits import streamed_splits
 from benchmark.presets import DataSpec, Preset
+from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
 from benchmark.storage import content_key
 from defenses import DEFENSES
 from benchmark.training_recipe import TrainRecipe
 from defenses.base import effective_recipe
 
-BENIGN = "none"  # the attack name of the benign control: a victim trained on clean pairs
-REFERENCE_DEFENSE = "none"  # the defense every other defense is compared with
 # Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
 ENGINE_VERSION = "1"
 # Data settings that change how data is read, never what is trained on (see the module docstring).
@@ -103,7 +102,7 @@ def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: li
         raise UserError("no defenses given")
     check_model(preset)
     defenses = list(dict.fromkeys([REFERENCE_DEFENSE, *defenses]))
-    victims = [_victim(preset, BENIGN, seed, {}) for seed in seeds]
+    victims = [_victim(preset, BENIGN_ATTACK, seed, {}) for seed in seeds]
     for attack in attacks:
         settings = {**preset.attacks.get(attack, {}), **(attack_overrides or {})}
         victims += [_victim(preset, attack, seed, settings) for seed in seeds]
@@ -134,7 +133,7 @@ def check_model(preset: Preset) -> None:
 
 
 def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) -> VictimSpec:
-    if attack == BENIGN:
+    if attack == BENIGN_ATTACK:
         version, config, count = "-", {}, 0
     else:
         cls = ATTACKS.get(attack)
