@@ -7,13 +7,12 @@ what is allowed. Range checks live in each config's ``__post_init__`` via :func:
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
 from typing import Any, TypeVar
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 
 C = TypeVar("C")
 
@@ -24,8 +23,7 @@ def build_config(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in values:
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(key, fields, n=1, cutoff=0.6)
             raise UserError(f"Unknown key '{where}.{key}'.{hint} Known keys: {', '.join(sorted(fields))}.")
     hints = typing.get_type_hints(cls)
     converted = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()}

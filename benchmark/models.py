@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from benchmark.checkpoints import load_weights, looks_like_path
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 from benchmark.text_context import encode_captions_by_length
 
 if TYPE_CHECKING:
@@ -45,10 +45,7 @@ def create_model(name: str, *, pretrained: str = "", allow_torchscript: bool = F
 
     _register_configs()
     if name not in open_clip.list_models():
-        import difflib
-
-        close = difflib.get_close_matches(name, open_clip.list_models(), n=3)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        hint = did_you_mean(name, open_clip.list_models(), cutoff=0.6)
         raise UserError(f"Unknown model '{name}'.{hint} Run `python -c 'import open_clip; print(open_clip.list_models())'` for all.")
     torch.manual_seed(seed)
     logging.getLogger("root").setLevel(logging.ERROR)  # open_clip warns "No pretrained weights" at random init

@@ -5,14 +5,13 @@ Built-in presets live in ``benchmark/presets/*.toml``; ``--preset path/to/file.t
 
 from __future__ import annotations
 
-import difflib
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmark.config import build_config, check_range
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 from benchmark.registry import check_name
 from benchmark.training_recipe import TrainRecipe
 
@@ -125,8 +124,7 @@ class TextSpec:
 
 def unknown_class_message(target: str, classnames: tuple[str, ...] | list[str]) -> str:
     """One line naming the missing target and the closest class names (an ImageNet list is too long to print)."""
-    close = difflib.get_close_matches(target, list(classnames), n=5, cutoff=0.6)
-    hint = f" Close matches: {', '.join(close)}." if close else ""
+    hint = did_you_mean(target, classnames, n=5, cutoff=0.6)
     listing = f" Classes: {', '.join(classnames)}." if len(classnames) <= 20 else f" ({len(classnames)} classes.)"
     return f"target class {target!r} is not a class of the evaluation set.{hint}{listing}"
 
@@ -164,9 +162,7 @@ def load_preset(name_or_path: str) -> Preset:
     if path.suffix != ".toml":
         presets = builtin_presets()
         if name_or_path not in presets:
-            close = difflib.get_close_matches(name_or_path, presets, n=3, cutoff=0.5)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise UserError(f"Unknown preset '{name_or_path}'.{hint} Available: {', '.join(presets)} (or a path to a .toml file).")
+            raise UserError(f"Unknown preset '{name_or_path}'.{did_you_mean(name_or_path, presets)} Available: {', '.join(presets)} (or a path to a .toml file).")
         path = presets[name_or_path]
     if not path.is_file():
         raise UserError(f"preset file {path} does not exist")

@@ -7,7 +7,6 @@ third-party classes register with the :meth:`Registry.register` decorator, from 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 import re
@@ -16,7 +15,7 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, TypeVar
 
-from benchmark.errors import UserError
+from benchmark.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -90,9 +89,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         names = sorted(self._entries)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return f"Unknown {self.kind} '{name}'.{hint} Available: {', '.join(names) or '(none)'}."
+        return f"Unknown {self.kind} '{name}'.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}."
 
     def source(self, name: str) -> str:
         return self._entries[name].source

@@ -61,11 +61,11 @@ CASES = [
     Case("missing-plugin-file", "plugin file {root}/nope.py does not exist (give a .py file or 'module:Class')",
          ("--plugin", "{root}/nope.py")),
     # Unknown config keys.
-    Case("unknown-recipe-key", "Unknown key 'victim.epoch'. Did you mean 'epochs'? Known keys: {recipe_keys}.",
+    Case("unknown-recipe-key", "Unknown key 'victim.epoch'. Did you mean: epochs? Known keys: {recipe_keys}.",
          preset=("[victim]\nepochs = 1", "[victim]\nepoch = 1")),
-    Case("unknown-attack-key", "Unknown key 'attacks.badnet.patch_sise'. Did you mean 'patch_size'? Known keys: "
+    Case("unknown-attack-key", "Unknown key 'attacks.badnet.patch_sise'. Did you mean: patch_size? Known keys: "
          "{badnet_keys}.", preset=("[attacks.badnet]\n", "[attacks.badnet]\npatch_sise = 3\n")),
-    Case("unknown-defense-key", "Unknown key 'defenses.finetune.epoch'. Did you mean 'epochs'? Known keys: "
+    Case("unknown-defense-key", "Unknown key 'defenses.finetune.epoch'. Did you mean: epochs? Known keys: "
          "{finetune_keys}.", ("--defenses", "finetune"), preset=("", "\n[defenses.finetune]\nepoch = 2\n")),
     # Values out of range or of the wrong type.
     Case("poison-rate-zero", "attacks.badnet.poison_rate = 0.0 is out of range; allowed: (0, 1]", ("--poison-rate", "0")),
@@ -88,8 +88,8 @@ CASES = [
          preset=("image_size = 32", "image_size = 4")),
     Case("more-pairs-than-images", "data.train_pairs + data.clean_pairs + data.val_pairs = 70384 exceeds the 60000 "
          "training images of fashion-mnist", preset=("train_pairs = 512", "train_pairs = 70000")),
-    Case("target-not-a-class", "text: target class 'handbag' is not a class of the evaluation set. Close matches: "
-         "sandal, bag. Classes: t-shirt, trousers, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.",
+    Case("target-not-a-class", "text: target class 'handbag' is not a class of the evaluation set. Did you mean: "
+         "sandal, bag? Classes: t-shirt, trousers, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.",
          preset=('target = "bag"', 'target = "handbag"')),
     Case("negative-seed", "--seeds '-1': seeds must be ≥ 0", ("--seeds", "-1")),
     Case("seeds-not-integers", "--seeds 'a,b': give comma-separated integers, e.g. 0,1,2", ("--seeds", "a,b")),

@@ -93,7 +93,7 @@ def test_imagefolder_and_hf_class_names_come_from_the_data(datasets_dir):
 
 def test_target_missing_from_the_eval_set_names_close_matches(datasets_dir):
     raw = preset_toml(source("csv", datasets_dir), source("imagenet", datasets_dir), target="bananna")
-    with pytest.raises(UserError, match=r"'bananna' is not a class.*Close matches: banana"):
+    with pytest.raises(UserError, match=r"'bananna' is not a class.*Did you mean: banana"):
         resolve_preset(parse_preset(raw))
 
 
