@@ -31,7 +31,7 @@ class Report:
 
 def count_items(spec: SourceSpec, role: str) -> int:
     """How many pairs or images a source holds, as cheaply as its format allows."""
-    from benchmark.data.sources import open_source
+    from benchmark.data.formats import open_source
 
     if spec.format == "webdataset":
         from benchmark.data.webdataset_pairs import count_pairs

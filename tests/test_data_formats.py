@@ -12,16 +12,26 @@ import pytest
 import torch
 
 from benchmark.data.loader import BadImageBudget, StreamingPairs, materialise
+from benchmark.data.formats import FORMATS, open_source
 from benchmark.data.resolve import resolve_preset
-from benchmark.data.sources import open_source
 from benchmark.data.source_splits import plan_splits
 from benchmark.errors import UserError
-from benchmark.presets import SourceSpec, parse_preset
+from benchmark.presets import EVAL_FORMATS, PAIR_FORMATS, SourceSpec, parse_preset
 from benchmark.runner import plan_grid, run_plan
 from benchmark.task import build_task
 from tests import data_formats as make
 
 PAIRS, IMAGES = 48, 30
+
+
+def test_every_format_a_preset_may_name_has_one_reader_and_no_reader_imports_the_table():
+    assert set(FORMATS) == set(PAIR_FORMATS) | set(EVAL_FORMATS)
+    base = (Path(__file__).parent.parent / "benchmark" / "data" / "sources.py").read_text()
+    for reference in FORMATS.values():
+        module = reference.partition(":")[0]
+        assert module not in base  # the base module never imports a format: no import circle
+        path = Path(__file__).parent.parent / (module.replace(".", "/") + ".py")
+        assert "benchmark.data.formats" not in path.read_text()
 
 
 @pytest.fixture(scope="module")

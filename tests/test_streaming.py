@@ -17,7 +17,7 @@ from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
 from benchmark.data.loader import BadImageBudget, StreamingPairs, materialise
 from benchmark.data.pairs import PairSet
-from benchmark.data.sources import open_source
+from benchmark.data.formats import open_source
 from benchmark.data.streaming_batches import pair_batches
 from benchmark.errors import UserError
 from benchmark.models import tokenizer_for

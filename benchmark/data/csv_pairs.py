@@ -13,10 +13,15 @@ import pandas as pd
 
 from benchmark.data.sources import Item, Source
 from benchmark.errors import UserError
+from benchmark.presets import SourceSpec
 
 
 class CsvPairs(Source):
     """Pairs from a CSV file; only the two named columns are read (all as text)."""
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, role: str) -> "CsvPairs":
+        return cls(spec.path, spec.image_key or "image", spec.caption_key or "caption", spec.separator)
 
     def __init__(self, path: str, image_key: str, caption_key: str, separator: str) -> None:
         self.path = Path(path)

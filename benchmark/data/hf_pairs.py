@@ -13,6 +13,7 @@ from pathlib import Path
 
 from benchmark.data.sources import Item, Source
 from benchmark.errors import UserError
+from benchmark.presets import SourceSpec
 
 CAPTION_COLUMNS = ("caption", "text", "txt", "sentence")
 EVAL_SPLITS = ("validation", "test", "val")
@@ -25,6 +26,10 @@ def looks_local(path: str) -> bool:
 
 class HfSource(Source):
     """One split of a Hugging Face dataset, as pairs (``role`` = "train") or labelled images ("eval")."""
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, role: str) -> "HfSource":
+        return cls(spec.path, spec.split, role, spec.image_key, spec.caption_key, spec.label_key)
 
     def __init__(self, path: str, split: str, role: str, image_key: str, caption_key: str, label_key: str) -> None:
         import datasets

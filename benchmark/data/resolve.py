@@ -12,7 +12,7 @@ import dataclasses
 import os
 import re
 
-from benchmark.data.sources import open_source
+from benchmark.data.formats import open_source
 from benchmark.errors import UserError
 from benchmark.presets import Preset, SourceSpec, TextSpec, unknown_class_message
 

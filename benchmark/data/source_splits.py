@@ -21,7 +21,7 @@ import torch
 
 from benchmark.data.loader import BadImageBudget, StreamingPairs, materialise
 from benchmark.data.pairs import EvalSet, PairSet
-from benchmark.data.sources import open_source
+from benchmark.data.formats import open_source
 from benchmark.errors import UserError
 from benchmark.presets import DataSpec, Preset
 

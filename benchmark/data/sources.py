@@ -1,12 +1,13 @@
 """The one interface every on-disk dataset format offers: random access to items, cheap to send to workers.
 
-A source is opened once per process (memoised on its spec) and indexed up front, so splits are exact,
+Each format is a :class:`Source` subclass in its own module, named in :data:`benchmark.data.formats.FORMATS`
+and opened by :func:`benchmark.data.formats.open_source`. A source is opened once per process (memoised on its
+spec) and indexed up front, so splits are exact,
 disjoint and reproducible from ``split_seed`` whatever the format, and DataLoader workers can read any item.
 """
 
 from __future__ import annotations
 
-import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
@@ -30,6 +31,12 @@ class Source(ABC):
     classnames: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()  # the source's own zero-shot templates ("{}" = class name), if it has any
 
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, role: str) -> "Source":
+        """The source ``spec`` describes (``role``: "train" for pairs, "eval" for labelled images); formats whose
+        spec carries more than a path override this."""
+        return cls(spec.path)
+
     @abstractmethod
     def __len__(self) -> int: ...
 
@@ -45,33 +52,3 @@ class Source(ABC):
     @abstractmethod
     def describe(self, index: int) -> str:
         """Where item ``index`` lives (a file, a shard member, a row), for the warning when it is skipped."""
-
-
-@functools.lru_cache(maxsize=8)
-def open_source(spec: SourceSpec, role: str) -> Source:
-    """The source ``spec`` describes (``role`` is "train" for pairs or "eval" for labelled images), indexed.
-
-    ``spec.path`` must already be expanded (see :mod:`benchmark.data.resolve`). Raises ``UserError`` when the
-    data is missing or not in the stated format.
-    """
-    if spec.format == "csv":
-        from benchmark.data.csv_pairs import CsvPairs
-
-        return CsvPairs(spec.path, spec.image_key or "image", spec.caption_key or "caption", spec.separator)
-    if spec.format == "webdataset":
-        from benchmark.data.webdataset_pairs import WebDatasetPairs
-
-        return WebDatasetPairs(spec.path, spec.image_key or "jpg;jpeg;png;webp", spec.caption_key or "txt")
-    if spec.format == "hf":
-        from benchmark.data.hf_pairs import HfSource
-
-        return HfSource(spec.path, spec.split, role, spec.image_key, spec.caption_key, spec.label_key)
-    if spec.format == "imagefolder":
-        from benchmark.data.image_folder import ImageFolder
-
-        return ImageFolder(spec.path)
-    if spec.format == "imagenet":
-        from benchmark.data.imagenet import ImageNetFolder
-
-        return ImageNetFolder(spec.path)
-    raise ValueError(f"unknown source format {spec.format!r}")  # DataSpec refuses these first

@@ -19,6 +19,7 @@ import numpy as np
 from benchmark.data.images import BadImage
 from benchmark.data.sources import Item, Source
 from benchmark.errors import UserError
+from benchmark.presets import SourceSpec
 
 
 def find_shards(path: str) -> list[Path]:
@@ -44,6 +45,10 @@ def count_pairs(path: str) -> int | None:
 
 class WebDatasetPairs(Source):
     """Pairs from tar shards; ``image_key`` lists the accepted image extensions (``jpg;png``), first match wins."""
+
+    @classmethod
+    def from_spec(cls, spec: SourceSpec, role: str) -> "WebDatasetPairs":
+        return cls(spec.path, spec.image_key or "jpg;jpeg;png;webp", spec.caption_key or "txt")
 
     def __init__(self, path: str, image_key: str, caption_key: str) -> None:
         self.shards = find_shards(path)
