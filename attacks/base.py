@@ -80,9 +80,9 @@ class Attack(ABC):
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any] | None, *, context: AttackContext) -> "Attack":
-        """Build from preset/CLI settings (the ``poison_rate``/``poison_count`` keys are the runner's, not ours)."""
-        values = {k: v for k, v in (settings or {}).items() if k not in ("poison_rate", "poison_count")}
-        return cls(build_config(cls.Config, values, f"attacks.{cls.name}"), context=context)
+        """Build from the attack's config settings (a preset's poison keys are split off before:
+        :func:`benchmark.presets.split_attack_settings`)."""
+        return cls(build_config(cls.Config, settings, f"attacks.{cls.name}"), context=context)
 
     def setup(self) -> None:
         """Draw whatever is fixed for this attack instance (a pattern, a warp field) from ``context.seed``."""

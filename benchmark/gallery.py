@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from benchmark.data.pairs import EvalSet, to_float, to_uint8
-from benchmark.presets import Preset
+from benchmark.presets import Preset, split_attack_settings
 from benchmark.seeding import derive_seed
 
 ROWS = ("clean", "triggered", "difference")
@@ -79,7 +79,7 @@ def trigger_samples(preset: Preset, names: list[str], *, count: int = 4, seed: i
     clean = pick_images(task.test_set, count, task.target_index)
     samples = []
     for name in names:
-        settings = preset.attacks.get(name, {})
+        _, settings = split_attack_settings(preset.attacks.get(name))
         context = AttackContext(preset.data.image_size, seed, torch.device("cpu"), clean_pairs=task.clean_pairs,
                                 model_name=preset.model.name)
         attack = ATTACKS.get(name).from_settings(settings, context=context)

@@ -20,6 +20,8 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 PAIR_FORMATS = ("csv", "webdataset", "hf")  # image–caption pairs for training and the defenses' clean pairs
 EVAL_FORMATS = ("imagefolder", "imagenet", "hf")  # labelled images for zero-shot evaluation
+# Keys of an ``[attacks.NAME]`` table that say how many pairs to poison (the runner's), not how the attack works.
+POISON_KEYS = ("poison_rate", "poison_count")
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ class TextSpec:
         for template in self.caption_templates + self.eval_templates:
             if "{}" not in template:
                 raise UserError(f"template {template!r} has no '{{}}' for the class name")
+
+
+def split_attack_settings(settings: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One attack's settings (its preset table with any CLI overrides) split into the poison keys
+    (:data:`POISON_KEYS`, for the runner) and the rest, the attack's own config."""
+    settings = settings or {}
+    return ({k: v for k, v in settings.items() if k in POISON_KEYS},
+            {k: v for k, v in settings.items() if k not in POISON_KEYS})
 
 
 def unknown_class_message(target: str, classnames: tuple[str, ...] | list[str]) -> str:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from benchmark.models import create_model, tokenizer_for  # noqa: E402
-from benchmark.presets import load_preset  # noqa: E402
+from benchmark.presets import load_preset, split_attack_settings  # noqa: E402
 from benchmark.results import RESULTS_FILE  # noqa: E402
 from benchmark.task import build_task  # noqa: E402
 from cleanclip_epoch_time import StepClock  # noqa: E402  (benchmarks/ is on sys.path)
@@ -157,7 +157,7 @@ def section_eval(preset, args) -> list[Figure]:
     test = task.test_set
     model = create_model(preset.model.name, seed=0).eval()
     tokenizer = tokenizer_for(preset.model.name)
-    attack = ATTACKS.get("badnet").from_settings(preset.attacks.get("badnet", {}),
+    attack = ATTACKS.get("badnet").from_settings(split_attack_settings(preset.attacks.get("badnet"))[1],
                                                  context=AttackContext(preset.data.image_size, 0, torch.device("cpu")))
     non_target = torch.nonzero(test.labels != task.target_index).squeeze(1)
     normalize = Normalizer(model)

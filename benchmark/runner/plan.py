@@ -23,7 +23,7 @@ from attacks.base import AttackContext
 from benchmark.config import config_dict
 from benchmark.errors import UserError
 from benchmark.data.source_splits import streamed_splits
-from benchmark.presets import DataSpec, Preset
+from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
 from benchmark.storage import content_key
 from defenses import DEFENSES
@@ -43,7 +43,7 @@ class VictimSpec:
     attack: str
     seed: int
     attack_version: str
-    attack_settings: dict[str, Any]
+    attack_settings: dict[str, Any]  # the attack's config settings (without the poison keys)
     attack_config: dict[str, Any]
     poison_count: int
     key: str
@@ -133,13 +133,14 @@ def check_model(preset: Preset) -> None:
 
 
 def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) -> VictimSpec:
+    poison, settings = split_attack_settings(settings)
     if attack == BENIGN_ATTACK:
         version, config, count = "-", {}, 0
     else:
         cls = ATTACKS.get(attack)
         context = AttackContext(preset.data.image_size, seed, torch.device("cpu"))
         config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
-        version, count = cls.version, poison_count(settings, preset.data.train_pairs, attack)
+        version, count = cls.version, poison_count(poison, preset.data.train_pairs, attack)
     key = content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
                       config_dict(preset.model), config_dict(preset.victim), attack, version, config, count, seed)
     return VictimSpec(attack, seed, version, settings, config, count, key)
@@ -176,7 +177,8 @@ def tuning_note(preset: Preset, defense: str) -> str:
 
 
 def poison_count(settings: dict[str, Any], train_pairs: int, attack: str) -> int:
-    """The number of pairs to poison, from ``poison_count`` or ``poison_rate`` (rate × training pairs)."""
+    """The number of pairs to poison, from the poison keys ``poison_count`` or ``poison_rate`` (rate × training
+    pairs)."""
     if settings.get("poison_count") is not None:
         count = settings["poison_count"]
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
