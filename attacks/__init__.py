@@ -1,15 +1,8 @@
-"""Backdoor attacks. Built-ins register lazily; plugins register through :data:`ATTACKS` too."""
+"""Backdoor attacks: one module per attack, whose class registers itself with ``@ATTACKS.register()`` as a
+plugin's does. The modules are imported on the registry's first use (:class:`benchmark.registry.Registry`)."""
 
 from benchmark.registry import Registry
 
-ATTACKS: Registry = Registry("attack")
-
-for _name, _ref in {
-    "badnet": "attacks.badnet:BadNet",
-    "blended": "attacks.blended:Blended",
-    "label-consistent": "attacks.label_consistent:LabelConsistent",
-    "wanet": "attacks.wanet:WaNet",
-}.items():
-    ATTACKS.add(_name, _ref)
+ATTACKS: Registry = Registry("attack", builtins="attacks")
 
 __all__ = ["ATTACKS"]

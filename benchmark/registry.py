@@ -1,14 +1,17 @@
 """One generic registry for every kind of pluggable component (attacks, defenses).
 
-Built-ins register lazily as ``"module:Class"`` strings so that ``--help`` and ``cleanbench list`` stay fast;
-third-party classes register with the :meth:`Registry.register` decorator, from an entry point or a local file
-(see :mod:`benchmark.plugins`). Unknown names fail with a did-you-mean and the list of what exists.
+Everything registers one way, built-in or plugin: the :meth:`Registry.register` decorator on the class (an
+entry point or a ``module:Class`` plugin is added as the class it names; see :mod:`benchmark.plugins`). A
+registry's built-ins are the modules of one package (``attacks``, ``defenses``), imported on the registry's first
+use, so importing the package, ``--help`` and the torch-free leaderboard import no attack or defense code.
+Unknown names fail with a did-you-mean and the list of what exists.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import pkgutil
 import re
 import sys
 from pathlib import Path
@@ -51,12 +54,29 @@ def import_object(reference: str) -> type:
 class Registry(Generic[T]):
     """Names to classes for one kind of component (``kind`` is used in messages, e.g. "attack")."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
+        self.builtins = builtins  # the package whose modules define the built-ins (each registers itself)
         self._entries: dict[str, Entry[T]] = {}
+        self._builtins_loaded = builtins is None
+
+    def _load_builtins(self) -> None:
+        """Import every module of the built-ins' package (but ``base``) once; each registers its class."""
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        try:
+            package = importlib.import_module(self.builtins)
+            for module in pkgutil.iter_modules(package.__path__):
+                if module.name != "base" and not module.name.startswith("_"):
+                    importlib.import_module(f"{self.builtins}.{module.name}")
+        except BaseException:
+            self._builtins_loaded = False
+            raise
 
     def unregister(self, name: str) -> None:
         """Forget ``name`` if registered (tests and notebooks that load a plugin file more than once)."""
+        self._load_builtins()
         self._entries.pop(name, None)
 
     def register(self, name: str | None = None, *, source: str | None = None) -> Callable[[type[T]], type[T]]:
@@ -71,6 +91,8 @@ class Registry(Generic[T]):
     def add(self, name: str, target: type[T] | str, *, source: str = "built-in") -> None:
         """Register ``target`` (a class or a lazy ``module:Class`` string) under ``name``."""
         check_name(self.kind, name, source)
+        if source != "built-in":  # a plugin may not take a built-in's name (built-ins are loading themselves)
+            self._load_builtins()
         existing = self._entries.get(name)
         if existing is not None and not _same_target(existing, target):
             raise UserError(
@@ -82,20 +104,24 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> type[T]:
         """The class registered as ``name``, or a :class:`UserError` that suggests close names."""
+        self._load_builtins()
         entry = self._entries.get(name)
         if entry is None:
             raise UserError(self.unknown_message(name))
         return entry.load()
 
     def unknown_message(self, name: str) -> str:
+        self._load_builtins()
         names = sorted(self._entries)
         return f"Unknown {self.kind} '{name}'.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}."
 
     def source(self, name: str) -> str:
+        self._load_builtins()
         return self._entries[name].source
 
     def names(self, pattern: str = "*") -> list[str]:
         """Registered names matching a shell-style wildcard, sorted."""
+        self._load_builtins()
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def resolve(self, spec: str) -> list[str]:
@@ -110,6 +136,7 @@ class Registry(Generic[T]):
         return list(dict.fromkeys(requested))
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:

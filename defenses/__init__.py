@@ -1,16 +1,8 @@
-"""Backdoor defenses. Built-ins register lazily; plugins register through :data:`DEFENSES` too."""
+"""Backdoor defenses: one module per defense, whose class registers itself with ``@DEFENSES.register()`` as a
+plugin's does. The modules are imported on the registry's first use (:class:`benchmark.registry.Registry`)."""
 
 from benchmark.registry import Registry
 
-DEFENSES: Registry = Registry("defense")
-
-for _name, _ref in {
-    "none": "defenses.none:NoDefense",
-    "finetune": "defenses.finetune:Finetune",
-    "cleanclip": "defenses.cleanclip:CleanCLIP",
-    "ssl-only": "defenses.ssl_only:SSLOnly",
-    "supervised": "defenses.supervised:Supervised",
-}.items():
-    DEFENSES.add(_name, _ref)
+DEFENSES: Registry = Registry("defense", builtins="defenses")
 
 __all__ = ["DEFENSES"]

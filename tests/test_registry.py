@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pkgutil
+import subprocess
 import sys
 import textwrap
 
@@ -52,6 +54,17 @@ def test_lazy_builtins_resolve_to_classes():
     for name in DEFENSES.names():
         assert issubclass(DEFENSES.get(name), Defense)
         assert DEFENSES.source(name) == "built-in"
+
+
+def test_builtins_register_once_with_the_decorator_on_first_use_and_importing_the_packages_is_cheap():
+    code = ("import sys, attacks, defenses; loaded = 'torch' in sys.modules; "
+            "assert attacks.ATTACKS.names() and defenses.DEFENSES.names(); sys.exit(loaded)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    for registry in (ATTACKS, DEFENSES):  # every module of the package but base defines one registered class
+        modules = {registry.get(name).__module__ for name in registry.names() if registry.source(name) == "built-in"}
+        package = sys.modules[registry.builtins]
+        assert modules == {f"{registry.builtins}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
+                           if m.name != "base"}
 
 
 PLUGIN_DEFENSE = """
