@@ -119,8 +119,8 @@ class LabelConsistent(Attack):
     def _surrogate(self) -> tuple[nn.Module, object, float]:
         """A CLIP of the victim's architecture trained, from a seed, on the clean pairs: the attacker's stand-in."""
         from benchmark.models import create_model, tokenizer_for
-        from benchmark.data.streaming_batches import pair_batches
-        from benchmark.training import Normalizer, train
+        from benchmark.data.batches import Normalizer, pair_batches
+        from benchmark.training import train
         from benchmark.training_recipe import TrainRecipe
 
         context, config = self.context, self.config
@@ -145,7 +145,7 @@ def pgd_away_from_captions(model: nn.Module, tokens: torch.Tensor, images: torch
                            batch_size: int = 256) -> tuple[torch.Tensor, float, float]:
     """L∞ PGD that lowers the image–caption cosine similarity; returns the images and the mean similarity
     before and after. The result stays within ``epsilon`` of ``images`` and inside [0, 1]."""
-    from benchmark.training import Normalizer
+    from benchmark.data.batches import Normalizer
 
     normalize = Normalizer(model)
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmark.data.batches import Normalizer
 from benchmark.data.pairs import EvalSet, to_float, to_uint8
 from benchmark.predictions import Predictions
-from benchmark.training import Normalizer
 
 Trigger = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 

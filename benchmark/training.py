@@ -1,8 +1,8 @@
 """The contrastive training loop shared by victim training and the finetuning defenses.
 
-open_clip's ``ClipLoss`` and its trainer's ``cosine_lr`` schedule are reused as they are; what is ours is the
-data path (uint8 images held in memory, normalised per batch) and the seeding. A defense with its own objective
-(CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
+open_clip's ``ClipLoss`` and its trainer's ``cosine_lr`` schedule are reused as they are. The batches come from
+:mod:`benchmark.data.batches` (``Batch``, ``Normalizer`` and ``PairBatches`` are still importable from here, the
+path plugins used first). A defense with its own objective (CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
 clamp, NaN guard, progress) stays in one place.
 
 Scale (see :mod:`benchmark.device` and :mod:`benchmark.distributed`): on CUDA the step runs under bf16 autocast
@@ -16,20 +16,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
 from benchmark import distributed
-from benchmark.data.pairs import PairSet
+from benchmark.data.batches import Batch, Normalizer, PairBatches  # noqa: F401  (old import path, kept)
 from benchmark.device import current_runtime
 from benchmark.faults import failpoint
 from benchmark.progress import Reporter
 from benchmark.training_recipe import TrainRecipe
 
-# A batch is a dict of tensors; the default one has "images" (normalised float) and "texts" (token ids).
-Batch = dict[str, torch.Tensor]
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 MAX_LOGIT_SCALE = math.log(100.0)
 
@@ -45,55 +43,6 @@ class TrainStats:
     seconds: float
     images_per_second: float
     epoch_images_per_second: list[float] = field(default_factory=list)
-
-
-class Normalizer:
-    """uint8 (B, 3, H, W) to the float input the CLIP model expects, with its preprocessing mean and std."""
-
-    def __init__(self, model: nn.Module) -> None:
-        mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
-        std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        """Accepts uint8 images or float images in [0, 1]."""
-        floats = images.float().div(255.0) if images.dtype == torch.uint8 else images
-        return (floats - self.mean.to(floats.device)) / self.std.to(floats.device)
-
-
-class PairBatches:
-    """Shuffled mini-batches of in-memory pairs: images normalised, captions tokenised once up front.
-
-    Under DDP every rank draws the same global order and gathers only its share of each global batch
-    (``sharded``), so the global batches are those of a single process with the same seed.
-    """
-
-    sharded = True
-
-    def __init__(self, pairs: PairSet, tokenizer, normalizer: Normalizer, batch_size: int, generator: torch.Generator,
-                 device: torch.device) -> None:
-        self.images = pairs.images
-        self.tokens = tokenizer(pairs.captions)
-        self.normalize = normalizer
-        self.batch_size = batch_size
-        self.generator = generator
-        self.device = device
-
-    def __len__(self) -> int:
-        return max(1, len(self.tokens) // self.batch_size)  # drop_last, as open_clip and CleanCLIP do
-
-    def __iter__(self) -> Iterator[Batch]:
-        order = torch.randperm(len(self.tokens), generator=self.generator)
-        for step in range(len(self)):
-            idx = distributed.shard_indices(order[step * self.batch_size : (step + 1) * self.batch_size])
-            images = self.images[idx]
-            if self.device.type == "cuda":  # a pinned staging copy lets the transfer run asynchronously
-                images = images.pin_memory().to(self.device, non_blocking=True)
-            yield {
-                "images": self.normalize(images.to(self.device)),
-                "texts": self.tokens[idx].to(self.device),
-            }
 
 
 def clip_loss(model: nn.Module, batch: Batch) -> torch.Tensor:

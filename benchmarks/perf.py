@@ -116,7 +116,8 @@ def open_clip_rate(csv: Path, preset, logs: Path, workers: int, skip: int) -> fl
 
 def cleanbench_rate(pairs, preset, skip: int) -> float:
     """Median images/s per step of cleanbench's victim training over one epoch of the same pairs."""
-    from benchmark.training import Normalizer, PairBatches, train
+    from benchmark.data.batches import Normalizer, PairBatches
+    from benchmark.training import train
 
     model = create_model(preset.model.name, seed=0)
     clock = StepClock()
@@ -151,7 +152,7 @@ def section_eval(preset, args) -> list[Figure]:
     from attacks.base import AttackContext
     from benchmark.data.pairs import to_float, to_uint8
     from benchmark.metrics import classifier_for, evaluate, forward_batch_size
-    from benchmark.training import Normalizer
+    from benchmark.data.batches import Normalizer
 
     task = build_task(preset)
     test = task.test_set

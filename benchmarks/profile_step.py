@@ -18,10 +18,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmark.data.batches import Normalizer  # noqa: E402
 from benchmark.models import model_from_spec, tokenizer_for  # noqa: E402
 from benchmark.presets import load_preset  # noqa: E402
 from benchmark.task import build_task  # noqa: E402
-from benchmark.training import Normalizer, clip_loss, parameter_groups  # noqa: E402
+from benchmark.training import clip_loss, parameter_groups  # noqa: E402
 
 
 def main() -> int:

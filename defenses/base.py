@@ -82,5 +82,5 @@ class Defense(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
         """Return the defended model (the input may be modified in place). ``clean_data`` is in memory or streamed
-        from disk (:func:`benchmark.data.streaming_batches.pair_batches` batches either)."""
+        from disk (:func:`benchmark.data.batches.pair_batches` batches either)."""
 

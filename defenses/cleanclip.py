@@ -45,14 +45,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmark.augment import BatchAutoAugment
 from benchmark.config import check_range
+from benchmark.data.batches import Batch, Normalizer, pair_batches, rank_batches, to_device
 from benchmark.data.loader import Pairs
 from benchmark.data.pairs import PairSet
-from benchmark.data.streaming_batches import pair_batches, rank_batches, to_device
 from benchmark.distributed import clip_loss_options, gather_global
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
 from benchmark.text_augment import EDA
-from benchmark.training import Batch, Normalizer, clip_loss, train
+from benchmark.training import clip_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
 

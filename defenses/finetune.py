@@ -2,7 +2,7 @@
 
 Same loss as CLIP pretraining (open_clip's ``ClipLoss``), on the preset's clean pairs, with the preset's
 finetuning recipe (reference §4: AdamW, weight decay 0.1, cosine schedule with warmup). The clean pairs may be
-held in memory or streamed from disk (:mod:`benchmark.data.streaming_batches`).
+held in memory or streamed from disk (:mod:`benchmark.data.batches`).
 
 Deviations from the CleanCLIP code: no AdamW moments are carried over from the victim's optimizer (the official
 ``--complete_finetune`` path loads them, reference §4); warmup happens from step 0 (the official step offset
@@ -17,9 +17,9 @@ from typing import Literal
 import torch
 from torch import nn
 
+from benchmark.data.batches import Normalizer, pair_batches
 from benchmark.data.loader import Pairs
-from benchmark.data.streaming_batches import pair_batches
-from benchmark.training import Normalizer, clip_loss, train
+from benchmark.training import clip_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
 

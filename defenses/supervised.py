@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.data.batches import Batch, Normalizer
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
-from benchmark.training import Batch, Normalizer, train
+from benchmark.training import train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
 

@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.data.batches import Normalizer
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.models import create_model, tokenizer_for
 from benchmark.progress import Reporter
 from benchmark.text_augment import EDA, default_wordnet
-from benchmark.training import Normalizer, clip_loss
+from benchmark.training import clip_loss
 from benchmark.training_recipe import TrainRecipe
 from defenses import DEFENSES
 from defenses.base import DefenseContext

@@ -15,10 +15,10 @@ import torch
 
 from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
+from benchmark.data.batches import Normalizer, pair_batches
+from benchmark.data.formats import open_source
 from benchmark.data.loader import BadImageBudget, StreamingPairs, materialise
 from benchmark.data.pairs import PairSet
-from benchmark.data.formats import open_source
-from benchmark.data.streaming_batches import pair_batches
 from benchmark.errors import UserError
 from benchmark.models import tokenizer_for
 from benchmark.poisoning import PoisonedStream, poison_split
@@ -26,7 +26,6 @@ from benchmark.presets import SourceSpec, parse_preset
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.store import ArtifactStore
 from benchmark.task import build_task
-from benchmark.training import Normalizer
 from tests import data_formats as make
 
 CPU = torch.device("cpu")
@@ -240,7 +239,7 @@ def _share_worker(rank: int, init_file: str, shards: str, out_dir: str) -> None:
     """One gloo rank: its shares of a streamed epoch whose split holds an unreadable image."""
     import torch.distributed as dist
 
-    from benchmark.data.streaming_batches import rank_batches
+    from benchmark.data.batches import rank_batches
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:

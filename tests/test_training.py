@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmark.data.batches import Normalizer, PairBatches
 from benchmark.data.pairs import PairSet
 from benchmark.models import create_model, tokenizer_for
-from benchmark.training import NonFiniteLossError, Normalizer, PairBatches, parameter_groups, train
+from benchmark.training import NonFiniteLossError, parameter_groups, train
 from benchmark.training_recipe import TrainRecipe
 
 MODEL = "cleanbench-vit-tiny"
@@ -51,3 +52,14 @@ def test_weight_decay_only_on_weight_matrices():
     assert "logit_scale" in {names[id(p)] for p in no_decay["params"]}
     assert all(p.ndim >= 2 for p in decay["params"])
     assert all("bias" not in names[id(p)] and "ln" not in names[id(p)] for p in decay["params"])
+
+
+def test_the_old_import_paths_of_batching_still_work():
+    """The README's plugin example and installed plugins import batching from training and streaming_batches."""
+    import benchmark.data.batches as batches
+    import benchmark.data.streaming_batches as streaming
+    import benchmark.training as training
+
+    assert (training.Normalizer, training.PairBatches, training.Batch) == (Normalizer, PairBatches, batches.Batch)
+    assert (streaming.pair_batches, streaming.rank_batches, streaming.to_device) == (
+        batches.pair_batches, batches.rank_batches, batches.to_device)

@@ -121,7 +121,7 @@ def materialise(source: Source, positions: np.ndarray, size: int, workers: int,
 class StreamingPairs:
     """Pairs too many to hold in memory: read and decoded by DataLoader workers, each epoch in a new order.
 
-    ``batches`` yields what :class:`benchmark.training.PairBatches` yields from memory, uint8 images and
+    ``batches`` yields what :class:`benchmark.data.batches.PairBatches` yields from memory, uint8 images and
     captions, plus each pair's index in this split (``index``), so a trainer can poison chosen pairs on the fly.
     ``captions`` and ``labels`` read like a :class:`PairSet`'s (captions from the source, read without images,
     only when asked for), so attacks select pairs from a streamed split as from one in memory.

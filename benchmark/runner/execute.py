@@ -27,7 +27,7 @@ from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
 from benchmark import __version__
 from benchmark.checkpoints import read_state_dict, save_state_dict
-from benchmark.data.streaming_batches import pair_batches
+from benchmark.data.batches import Normalizer, pair_batches
 from benchmark.distributed import barrier, world
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
@@ -43,7 +43,7 @@ from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
 from benchmark.storage import remove_stale_temporaries
 from benchmark.task import Task, build_task
-from benchmark.training import Normalizer, train
+from benchmark.training import train
 from defenses import DEFENSES
 from defenses.base import DefenseContext
 
