@@ -1,4 +1,5 @@
-"""Shared fixtures: the test-sized preset, offline hub settings, and a helper to run the CLI."""
+"""Shared fixtures: the test-sized preset, offline hub settings, and a helper to run the CLI. Shared helpers that
+are not fixtures live in plain modules (``tests/helpers.py``, ``tests/results_rows.py``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-TEST_PRESET = Path(__file__).parent / "data" / "fmnist-test.toml"
-
 
 @pytest.fixture
 def test_preset() -> Path:
     """A copy of the default preset with tiny sizes: same data and model, seconds instead of minutes."""
+    from tests.helpers import TEST_PRESET
+
     return TEST_PRESET
 
 

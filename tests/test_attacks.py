@@ -11,29 +11,11 @@ import pytest
 import torch
 
 from attacks import ATTACKS
-from attacks.base import AttackContext, PoisonTarget
-from benchmark.data.pairs import PairSet
 from benchmark.plugins import load_entry_points
+from tests.helpers import SIZE, TARGET, make_attack, make_pairs
 
 load_entry_points()
 NAMES = ATTACKS.names()
-SIZE = 32
-CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
-TARGET = PoisonTarget(8, "bag", lambda generator: f"a photo of a bag {int(torch.randint(100, (1,), generator=generator))}.",
-                      synonyms=("handbag", "purse"))
-
-
-def make_attack(name: str, seed: int = 0, **config):
-    cls = ATTACKS.get(name)
-    return cls.from_settings(config, context=AttackContext(SIZE, seed, torch.device("cpu")))
-
-
-def make_pairs(count: int = 80, seed: int = 0) -> PairSet:
-    """Random images with class labels cycling through the ten classes, captions naming the class."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (count, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
-    labels = torch.arange(count) % len(CLASSES)
-    return PairSet(images, [f"a photo of a {CLASSES[label]} #{i}." for i, label in enumerate(labels.tolist())], labels)
 
 
 def test_builtins_are_registered() -> None:

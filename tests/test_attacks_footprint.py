@@ -13,7 +13,7 @@ import torch
 from attacks.base import AttackContext, PoisonTarget
 from benchmark.data.pairs import PairSet, to_float
 from benchmark.errors import UserError
-from tests.test_attacks import SIZE, TARGET, make_attack, make_pairs
+from tests.helpers import SIZE, TARGET, make_attack, make_pairs
 
 
 def _random_images(count: int = 6, seed: int = 0) -> torch.Tensor:

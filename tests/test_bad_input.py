@@ -22,7 +22,7 @@ from benchmark.presets import builtin_presets
 from benchmark.results import COLUMNS, SCHEMA_VERSION
 from benchmark.training_recipe import TrainRecipe
 from defenses import DEFENSES
-from tests.conftest import TEST_PRESET
+from tests.helpers import TEST_PRESET
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 

@@ -16,34 +16,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmark.data.pairs import PairSet
 from benchmark.models import create_model, tokenizer_for
-from benchmark.training import Normalizer, PairBatches, clip_loss, train
-from defenses.cleanclip import cleanclip_loss
+from benchmark.training import clip_loss, train
 from benchmark.training_recipe import TrainRecipe
+from defenses.cleanclip import cleanclip_loss
+from tests.helpers import MODEL, TRAIN_BATCH_SIZE, learnable_batches
 
-MODEL = "cleanbench-vit-tiny"
 WORLD_SIZE = 2
-RECIPE = TrainRecipe(epochs=2, batch_size=16, lr=3e-3, warmup_steps=1)  # 64 pairs: 4 steps per epoch, 8 in all
+RECIPE = TrainRecipe(epochs=2, batch_size=TRAIN_BATCH_SIZE, lr=3e-3, warmup_steps=1)  # 4 steps per epoch, 8 in all
 LOSS_TOLERANCE = 1e-5
 # CleanCLIP's 4N-sample steps leave some parameters with near-zero gradients, and AdamW divides by their root
 # mean square, so float32 rounding in the gathered sums moves those weights by up to ~lr/10 (3e-4) while every
 # step's loss still agrees to 1e-5.
 WEIGHT_TOLERANCE = {"sharded": 1e-4, "plain": 1e-4, "cleanclip": 1e-3}
-
-
-def _pairs() -> PairSet:
-    generator = torch.Generator().manual_seed(0)
-    labels = torch.arange(64) % 8
-    noise = torch.randint(0, 64, (64, 3, 32, 32), generator=generator)
-    images = (labels.view(-1, 1, 1, 1) * 24 + noise).to(torch.uint8)  # each class its own brightness: learnable
-    words = ["bag", "coat", "shirt", "dress", "sandal", "sneaker", "trousers", "pullover"]
-    return PairSet(images, [f"a photo of a {word}." for word in words * 8], labels)
-
-
-def _batches(model: torch.nn.Module) -> PairBatches:
-    return PairBatches(_pairs(), tokenizer_for(MODEL), Normalizer(model), RECIPE.batch_size,
-                       torch.Generator().manual_seed(7), torch.device("cpu"))
 
 
 def _run(batches_of, loss_fn=clip_loss) -> tuple[list[float], dict[str, torch.Tensor]]:
@@ -62,7 +47,7 @@ def _run(batches_of, loss_fn=clip_loss) -> tuple[list[float], dict[str, torch.Te
 
 def _global_batches(model: torch.nn.Module) -> "_Replay":
     """The same global batches as plain dicts, one list per epoch: the training loop must shard them itself."""
-    batches = _batches(model)
+    batches = learnable_batches(model)
     with _single_process():
         return _Replay([list(batches) for _ in range(RECIPE.epochs)])
 
@@ -106,7 +91,7 @@ class _single_process:
         self.module.world = self.world
 
 
-RUNS = (("sharded", _batches, clip_loss), ("plain", _global_batches, clip_loss),
+RUNS = (("sharded", learnable_batches, clip_loss), ("plain", _global_batches, clip_loss),
         ("cleanclip", _cleanclip_batches, cleanclip_loss))
 
 
@@ -125,7 +110,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    clip_reference = _run(_batches)
+    clip_reference = _run(learnable_batches)
     references = {"sharded": clip_reference, "plain": clip_reference,
                   "cleanclip": _run(_cleanclip_batches, cleanclip_loss)}
     for name, (reference_losses, reference_state) in references.items():

@@ -15,7 +15,7 @@ from benchmark.models import create_model
 from benchmark.progress import Reporter
 from benchmark.training import train
 from benchmark.training_recipe import TrainRecipe
-from tests.test_ddp import MODEL, _batches
+from tests.helpers import MODEL, learnable_batches
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -42,7 +42,7 @@ def test_forced_bf16_trains_on_cpu_and_each_epoch_logs_its_throughput():
     previous = current_runtime()
     set_runtime(Runtime("bf16"))
     try:
-        stats = train(model, _batches(model), TrainRecipe(epochs=2, batch_size=16, lr=1e-3),
+        stats = train(model, learnable_batches(model), TrainRecipe(epochs=2, batch_size=16, lr=1e-3),
                       reporter=Reporter(console=Console(file=output), live=False), description="victim")
     finally:
         set_runtime(previous)

@@ -4,7 +4,6 @@ concurrent writers never lose a row."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import multiprocessing
 from pathlib import Path
@@ -13,24 +12,14 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.presets import load_preset
 from benchmark.results import COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.executors import LocalPool, SlurmExecutor, SlurmOptions, WorkerSetup
 from benchmark.runner.lock import SharedResults
-from tests.conftest import TEST_PRESET
+from tests.helpers import small_plan
 
 CPU = torch.device("cpu")
 SETUP = WorkerSetup(no_plugin_autoload=True)
-
-
-def _plan():
-    """Two cells on two victims (the benign control and badnet, each with no defense): two groups, two jobs.
-    The test preset is shrunk further (the plan travels to the workers whole), to keep each job to seconds."""
-    preset = load_preset(str(TEST_PRESET))
-    preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, train_pairs=128, test_images=100),
-                                 victim=dataclasses.replace(preset.victim, batch_size=32))
-    return plan_grid(preset, ["badnet"], ["none"], [0])
 
 
 def _metrics(out: Path) -> pd.DataFrame:
@@ -43,12 +32,12 @@ def _metrics(out: Path) -> pd.DataFrame:
 def reference(tmp_path_factory) -> pd.DataFrame:
     """The rows of the same plan run in this process, one group after the other."""
     out = tmp_path_factory.mktemp("in-process")
-    run_plan(_plan(), out, CPU)
+    run_plan(small_plan(), out, CPU)
     return _metrics(out)
 
 
 def test_submitit_jobs_run_one_victim_each_and_gather_rows_into_the_shared_results(reference, tmp_path):
-    plan, out = _plan(), tmp_path / "run"
+    plan, out = small_plan(), tmp_path / "run"
     executor = SlurmExecutor(out / "slurm", SlurmOptions(timeout_min=5, cpus_per_job=1, mem_gb=4), SETUP, "cpu",
                              cluster="local")
     summary = run_plan(plan, out, CPU, executor=executor)
@@ -59,7 +48,7 @@ def test_submitit_jobs_run_one_victim_each_and_gather_rows_into_the_shared_resul
 
 
 def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
-    plan, out = _plan(), tmp_path / "run"
+    plan, out = small_plan(), tmp_path / "run"
     summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
     assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 2, 0)
     pd.testing.assert_frame_equal(_metrics(out), reference)
@@ -69,7 +58,7 @@ def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
 
 def test_local_workers_share_a_victims_cells(tmp_path):
     """Each victim is trained once, then its cells go to whichever worker is free; rows as in one process."""
-    plan = plan_grid(_plan().preset, ["badnet"], ["none", "finetune"], [0])
+    plan = plan_grid(small_plan().preset, ["badnet"], ["none", "finetune"], [0])
     reference, out = tmp_path / "in-process", tmp_path / "run"
     run_plan(plan, reference, CPU)
     summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
@@ -81,8 +70,8 @@ COORDINATOR = """
 import sys, torch
 from benchmark.runner import run_plan
 from benchmark.runner.executors import LocalPool, WorkerSetup
-from tests.test_executors import _plan
-run_plan(_plan(), sys.argv[1], torch.device("cpu"), executor=LocalPool(2, WorkerSetup(no_plugin_autoload=True)))
+from tests.helpers import small_plan
+run_plan(small_plan(), sys.argv[1], torch.device("cpu"), executor=LocalPool(2, WorkerSetup(no_plugin_autoload=True)))
 """
 
 
@@ -136,7 +125,7 @@ def test_workers_die_with_a_killed_coordinator(tmp_path):
 @pytest.mark.slow
 def test_a_job_with_two_tasks_trains_its_victim_with_ddp(reference, tmp_path):
     """``--gpus 2`` with Slurm: each job runs two tasks that train together (gloo on the CPU here)."""
-    plan, out = _plan(), tmp_path / "run"
+    plan, out = small_plan(), tmp_path / "run"
     options = SlurmOptions(timeout_min=5, cpus_per_job=1, mem_gb=4, gpus_per_job=2)
     summary = run_plan(plan, out, CPU, executor=SlurmExecutor(out / "slurm", options, SETUP, "cpu", cluster="local"))
     assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 2, 0)

@@ -34,14 +34,15 @@ import pytest
 import torch
 
 from attacks import ATTACKS
+from benchmark.data.batches import Normalizer, PairBatches
 from benchmark.faults import ENV, POINTS, TRACE_ENV
 from benchmark.presets import load_preset
 from benchmark.results import METRIC_COLUMNS
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.store import ArtifactStore
-from benchmark.training import Normalizer, PairBatches, clip_loss, train
+from benchmark.training import clip_loss, train
 from defenses import DEFENSES
-from tests.conftest import TEST_PRESET
+from tests.helpers import TEST_PRESET
 
 CPU = torch.device("cpu")
 GRID = (["badnet"], ["none", "finetune"], [0])  # 2 victims (badnet + benign control) × 2 defenses = 4 cells

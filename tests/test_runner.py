@@ -22,7 +22,7 @@ from benchmark.results import METRIC_COLUMNS, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.lock import OutputLock
 from defenses import DEFENSES
-from tests.conftest import TEST_PRESET
+from tests.helpers import TEST_PRESET
 
 CPU = torch.device("cpu")
 

@@ -26,7 +26,7 @@ from benchmark.runner.store import ArtifactStore
 from defenses import DEFENSES
 from leaderboard.build import write_leaderboard
 from leaderboard.html import environment
-from tests.conftest import TEST_PRESET
+from tests.helpers import TEST_PRESET
 from tests.results_rows import make_row, write_results
 
 MODEL = "cleanbench-vit-tiny"

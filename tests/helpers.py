@@ -1,0 +1,72 @@
+"""Helpers shared by several test modules: the test preset, small attack inputs, tiny training batches and a
+small runner plan. A plain module (tests import it as ``tests.helpers``); fixtures stay in ``conftest.py``."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from attacks.base import AttackContext, PoisonTarget
+from benchmark.data.pairs import PairSet
+
+TEST_PRESET = Path(__file__).parent / "data" / "fmnist-test.toml"  # fmnist-tiny at test size: seconds, not minutes
+MODEL = "cleanbench-vit-tiny"
+
+# Attacks: 32 px images of the ten Fashion-MNIST classes, poisoned towards "bag".
+SIZE = 32
+CLASSES = ["t-shirt", "trousers", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"]
+TARGET = PoisonTarget(8, "bag", lambda generator: f"a photo of a bag {int(torch.randint(100, (1,), generator=generator))}.",
+                      synonyms=("handbag", "purse"))
+
+
+def make_attack(name: str, seed: int = 0, **config):
+    """The registered attack ``name`` with ``config`` on :data:`SIZE` px images."""
+    from attacks import ATTACKS
+
+    cls = ATTACKS.get(name)
+    return cls.from_settings(config, context=AttackContext(SIZE, seed, torch.device("cpu")))
+
+
+def make_pairs(count: int = 80, seed: int = 0) -> PairSet:
+    """Random images with class labels cycling through the ten classes, captions naming the class."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (count, 3, SIZE, SIZE), dtype=torch.uint8, generator=generator)
+    labels = torch.arange(count) % len(CLASSES)
+    return PairSet(images, [f"a photo of a {CLASSES[label]} #{i}." for i, label in enumerate(labels.tolist())], labels)
+
+
+# Training: 64 learnable pairs of 8 classes in batches of 16 (4 steps per epoch).
+TRAIN_BATCH_SIZE = 16
+
+
+def learnable_pairs() -> PairSet:
+    """64 pairs, each class its own brightness, so a few steps visibly lower the loss."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(64) % 8
+    noise = torch.randint(0, 64, (64, 3, 32, 32), generator=generator)
+    images = (labels.view(-1, 1, 1, 1) * 24 + noise).to(torch.uint8)  # each class its own brightness: learnable
+    words = ["bag", "coat", "shirt", "dress", "sandal", "sneaker", "trousers", "pullover"]
+    return PairSet(images, [f"a photo of a {word}." for word in words * 8], labels)
+
+
+def learnable_batches(model: torch.nn.Module):
+    """:func:`learnable_pairs` in seeded batches of :data:`TRAIN_BATCH_SIZE` for ``model``."""
+    from benchmark.data.batches import Normalizer, PairBatches
+    from benchmark.models import tokenizer_for
+
+    return PairBatches(learnable_pairs(), tokenizer_for(MODEL), Normalizer(model), TRAIN_BATCH_SIZE,
+                       torch.Generator().manual_seed(7), torch.device("cpu"))
+
+
+def small_plan():
+    """Two cells on two victims (the benign control and badnet, each with no defense): two groups, two jobs.
+    The test preset is shrunk further (the plan travels to the workers whole), to keep each job to seconds."""
+    from benchmark.presets import load_preset
+    from benchmark.runner import plan_grid
+
+    preset = load_preset(str(TEST_PRESET))
+    preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, train_pairs=128, test_images=100),
+                                 victim=dataclasses.replace(preset.victim, batch_size=32))
+    return plan_grid(preset, ["badnet"], ["none"], [0])
