@@ -11,11 +11,10 @@ import typer
 from benchmark import cli_scale
 from benchmark.cli_attacks import attacks_app
 from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
-                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, attack_overrides,
-                                   load_plugins, parse_seeds, user_errors)
-from benchmark.cli_validate import DataOption, preset_for_run, validate_command
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
+                                   user_errors)
+from benchmark.cli_validate import DataOption, validate_command
 from benchmark.errors import UserError
-from benchmark.results import BENIGN_ATTACK, GALLERY_FILE, RESULTS_FILE
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 
 MaxCaCostOption = typer.Option(
@@ -55,47 +54,17 @@ def run(
     max_ca_cost: float = MaxCaCostOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
-    from attacks import ATTACKS
-    from benchmark import distributed
-    from benchmark.device import Runtime, resolve_device, set_runtime
-    from benchmark.progress import Reporter
-    from benchmark.runner import plan_grid, run_plan
-    from benchmark.task import build_task
-    from defenses import DEFENSES
-    from benchmark.gallery import draw_gallery
-    from leaderboard.build import write_leaderboard
+    from benchmark.api import SlurmSettings, run_grid
 
-    load_plugins(plugin, no_plugin_autoload)
-    chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
-    attack_names = [] if attacks.strip() == BENIGN_ATTACK else ATTACKS.resolve(attacks)
-    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(defenses), parse_seeds(seeds),
-                     attack_overrides=attack_overrides(poison_rate, poison_count))
-    torch_device = resolve_device(device)
-    set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
-    build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
-    cli_scale.relaunch_under_torchrun(gpus, executor)
-    torch_device = distributed.init_from_env(torch_device)
-    main = distributed.world().is_main
-    reporter = Reporter(quiet=not main)
-    grid_executor = cli_scale.build_executor(
-        executor, workers=workers, gpus=gpus, device=torch_device, device_name=device, out=out, plugins=plugin,
-        no_plugin_autoload=no_plugin_autoload, partition=slurm_partition, timeout_min=slurm_timeout_min,
-        max_requeue=slurm_max_requeue, extra=slurm_option)
-    # logs the plan once the output folder is checked and locked
-    summary = run_plan(plan, out, torch_device, reporter, executor=grid_executor)
-    if not main:
-        return
-    reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
-                 f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
-                 f"{summary.cells_failed} failed")
-    if attack_names:  # the leaderboard page embeds what each trigger looks like
-        try:
-            draw_gallery(chosen_preset, attack_names, out / GALLERY_FILE)
-        except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
-            reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
-    if (out / RESULTS_FILE).exists():
-        reporter.log(f"leaderboard: {write_leaderboard([out / RESULTS_FILE], out, max_ca_cost=max_ca_cost)}")
-    if summary.cells_failed:
+    grid = run_grid(
+        attacks, defenses, seeds, preset=preset, out=out, device=device, poison_rate=poison_rate,
+        poison_count=poison_count, data_dir=data_dir, data=tuple(data or ()), plugins=tuple(plugin or ()),
+        no_plugin_autoload=no_plugin_autoload, precision=precision, compile_model=compile_model, gpus=gpus,
+        executor=executor, workers=workers, max_ca_cost=max_ca_cost,
+        slurm=SlurmSettings(slurm_partition, slurm_timeout_min, slurm_max_requeue, tuple(slurm_option or ())),
+        warn=lambda message: typer.echo(f"warning: {message}", err=True),
+        before_run=lambda: cli_scale.relaunch_under_torchrun(gpus, executor))
+    if grid.summary.cells_failed:
         raise typer.Exit(1)
 
 

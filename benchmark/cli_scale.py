@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import List, Optional
 
 import typer
 
@@ -43,25 +41,3 @@ def relaunch_under_torchrun(gpus: int, executor: str) -> bool:
 
     status = subprocess.call(torchrun_command(gpus, sys.argv[1:]))
     raise typer.Exit(status)
-
-
-def build_executor(name: str, *, workers: int, gpus: int, device, device_name: str, out: Path,
-                   plugins: Optional[List[str]], no_plugin_autoload: bool, partition: str, timeout_min: int,
-                   max_requeue: int, extra: Optional[List[str]]):
-    """The executor for ``--executor``; under torchrun always this process (every rank runs the same cells)."""
-    from benchmark.distributed import world
-    from benchmark.runner.executors import InProcess, SlurmOptions, WorkerSetup, make_executor
-
-    if world().distributed:
-        return InProcess()
-    pairs = []
-    for item in extra or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--slurm-option {item!r}: give KEY=VALUE, e.g. account=abc")
-        pairs.append((key.strip(), value.strip()))
-    slurm = SlurmOptions(partition=partition, timeout_min=timeout_min, gpus_per_job=gpus, max_requeue=max_requeue,
-                         extra=tuple(pairs))
-    setup = WorkerSetup(tuple(plugins or ()), no_plugin_autoload)
-    return make_executor(name, workers=workers, device=device, device_name=device_name, out_dir=out, slurm=slurm,
-                         setup=setup)

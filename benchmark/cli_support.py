@@ -1,10 +1,10 @@
 """What the ``cleanbench`` commands share: the grid and plugin options (``run`` and ``validate`` take the same ones),
-plugin loading, and one-line errors for user mistakes."""
+plugin loading with warnings, and one-line errors for user mistakes."""
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, List, Optional
+from typing import Callable, List, Optional
 
 import typer
 
@@ -38,27 +38,7 @@ def user_errors(command: Callable) -> Callable:
 
 def load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
     """Load entry-point plugins (unless turned off) and the --plugin files; warn about each one that failed."""
-    from benchmark import plugins as plugin_loader
+    from benchmark.api import load_plugins as load
 
-    failures = [] if no_autoload else plugin_loader.load_entry_points()
-    for spec in plugins or []:
-        failures += plugin_loader.load_plugin(spec)
-    for failure in failures:
+    for failure in load(tuple(plugins or ()), no_autoload):
         typer.echo(f"warning: {failure.message()}", err=True)
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds 0,1,2`` as distinct non-negative integers, in the order given."""
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
-    if any(seed < 0 for seed in seeds):
-        raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
-    return list(dict.fromkeys(seeds))
-
-
-def attack_overrides(poison_rate: Optional[float], poison_count: Optional[int]) -> dict[str, Any]:
-    """``--poison-rate`` / ``--poison-count``, where given, as settings that apply to every attack."""
-    return {key: value for key, value in (("poison_rate", poison_rate), ("poison_count", poison_count))
-            if value is not None}

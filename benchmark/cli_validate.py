@@ -11,33 +11,14 @@ from typing import List, Optional
 
 import typer
 
+from benchmark.api import attack_overrides, load_with_data_dir, parse_seeds
 from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
-                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, attack_overrides,
-                                   load_plugins, parse_seeds, user_errors)
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
+                                   user_errors)
 
 DataOption = typer.Option(
     None, "--data", help="A data source override (repeatable): train=PATH, eval=PATH, or ROLE.KEY=VALUE, e.g. "
                          "train.format=webdataset. Paths may also come from the preset's ${ENV} variables.")
-
-
-def load_with_data_dir(name: str, data_dir: Optional[Path]):
-    """The preset ``name`` (built-in or a file) with ``--data-dir`` applied."""
-    import dataclasses
-
-    from benchmark.presets import load_preset
-
-    preset = load_preset(name)
-    if data_dir is not None:
-        preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, data_dir=str(data_dir)))
-    return preset
-
-
-def preset_for_run(name: str, data_dir: Optional[Path], data: Optional[List[str]]):
-    """The preset ``name`` with ``--data-dir`` and ``--data`` applied and its data sources resolved (paths
-    expanded and checked, class names read from the evaluation set), as the runner needs it."""
-    from benchmark.data.resolve import resolve_preset
-
-    return resolve_preset(load_with_data_dir(name, data_dir), tuple(data or ()))
 
 
 @user_errors

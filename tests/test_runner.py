@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
+from benchmark.api import run_grid
 from benchmark.errors import UserError
 from benchmark.presets import load_preset
-from benchmark.results import METRIC_COLUMNS, ResultsFile
+from benchmark.results import METRIC_COLUMNS, RESULTS_FILE, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.lock import OutputLock
 from defenses import DEFENSES
@@ -31,9 +32,11 @@ CPU = torch.device("cpu")
 def finished_run(tmp_path_factory) -> Path:
     """One finished tiny grid (badnet × {none, finetune} plus the benign control, seed 0)."""
     out = tmp_path_factory.mktemp("grid")
-    plan = plan_grid(load_preset(str(TEST_PRESET)), ["badnet"], ["none", "finetune"], [0])
-    summary = run_plan(plan, out, CPU)
+    grid = run_grid(["badnet"], ["none", "finetune"], [0], preset=str(TEST_PRESET), out=out, device="cpu", workers=1,
+                    no_plugin_autoload=True)  # the library call `cleanbench run` wraps
+    summary = grid.summary
     assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 4, 0)
+    assert grid.results == out / RESULTS_FILE and grid.leaderboard == out / "index.html"
     return out
 
 

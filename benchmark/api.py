@@ -1,0 +1,196 @@
+"""Running a grid from Python: :func:`run_grid` does all that ``cleanbench run`` does, and the command only wraps
+it (as lm-evaluation-harness's CLI wraps ``simple_evaluate``). Tests and notebooks call it directly::
+
+    from benchmark.api import run_grid
+
+    grid = run_grid(["badnet"], ["none", "finetune"], [0], preset="fmnist-tiny", out="results", workers=1)
+    grid.summary.cells_failed, grid.results  # what ran, and the path of results.csv
+
+Bad input raises :class:`~benchmark.errors.UserError` before anything is trained or written. Heavy imports
+happen inside the call, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from benchmark.results import BENIGN_ATTACK, GALLERY_FILE, RESULTS_FILE
+from leaderboard import DEFAULT_MAX_CA_COST
+
+DEFAULT_PRESET = "fmnist-tiny"
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """How ``executor="slurm"`` submits its jobs (``--slurm-*`` on the command line)."""
+
+    partition: str = ""
+    timeout_min: int = 240
+    max_requeue: int = 3
+    options: tuple[str, ...] = ()  # further sbatch options, "KEY=VALUE"
+
+
+@dataclass
+class GridRun:
+    """What :func:`run_grid` did: the plan it ran, the run's summary, and where the results are."""
+
+    plan: Any  # benchmark.runner.plan.Plan
+    summary: Any  # benchmark.runner.execute.RunSummary
+    out: Path
+    leaderboard: Path | None = None  # index.html; None on the other ranks of a torchrun job
+
+    @property
+    def results(self) -> Path:
+        return self.out / RESULTS_FILE
+
+
+def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str] = "all",
+             seeds: str | Sequence[int] = (0,), *, preset: str = DEFAULT_PRESET, out: str | Path = "results",
+             device: str = "auto", poison_rate: float | None = None, poison_count: int | None = None,
+             data_dir: str | Path | None = None, data: Sequence[str] = (), plugins: Sequence[str] = (),
+             no_plugin_autoload: bool = False, precision: str = "auto", compile_model: bool = False, gpus: int = 1,
+             executor: str = "local", workers: int = 0, slurm: SlurmSettings = SlurmSettings(),
+             max_ca_cost: float = DEFAULT_MAX_CA_COST, warn: Callable[[str], None] | None = None,
+             before_run: Callable[[], None] | None = None) -> GridRun:
+    """Run ``preset × (attacks + benign control) × defenses × seeds`` into ``out``: results.csv, the cache, the
+    trigger gallery and the leaderboard. The arguments are ``cleanbench run``'s options: ``attacks`` and
+    ``defenses`` as names or a comma-separated string (``"all"``; ``attacks="none"`` runs the benign control
+    only), ``seeds`` as integers or ``"0,1,2"``. ``warn`` receives each plugin that failed to load (default:
+    :func:`warnings.warn`); ``before_run`` is called once everything is checked, before anything is written (the
+    CLI relaunches itself under torchrun there).
+    """
+    from attacks import ATTACKS
+    from benchmark import distributed
+    from benchmark.device import Runtime, resolve_device, set_runtime
+    from benchmark.progress import Reporter
+    from benchmark.runner import plan_grid, run_plan
+    from benchmark.task import build_task
+    from defenses import DEFENSES
+
+    for failure in load_plugins(plugins, no_plugin_autoload):
+        (warn or _warn)(failure.message())
+    chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
+    attack_spec = _names(attacks)
+    attack_names = [] if attack_spec.strip() == BENIGN_ATTACK else ATTACKS.resolve(attack_spec)
+    seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
+    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(_names(defenses)), seed_list,
+                     attack_overrides=attack_overrides(poison_rate, poison_count))
+    torch_device = resolve_device(device)
+    set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
+    build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
+    if before_run is not None:
+        before_run()
+    torch_device = distributed.init_from_env(torch_device)
+    main = distributed.world().is_main
+    reporter = Reporter(quiet=not main)
+    out = Path(out)
+    grid_executor = build_executor(executor, workers=workers, gpus=gpus, device=torch_device, device_name=device,
+                                   out=out, plugins=plugins, no_plugin_autoload=no_plugin_autoload, slurm=slurm)
+    # logs the plan once the output folder is checked and locked
+    summary = run_plan(plan, out, torch_device, reporter, executor=grid_executor)
+    run = GridRun(plan, summary, out)
+    if not main:
+        return run
+    reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
+                 f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
+                 f"{summary.cells_failed} failed")
+    _write_outputs(run, chosen_preset, attack_names, reporter, max_ca_cost)
+    return run
+
+
+def _write_outputs(run: GridRun, preset, attack_names: list[str], reporter, max_ca_cost: float) -> None:
+    """The trigger gallery (what each trigger looks like, embedded in the page) and the leaderboard."""
+    from benchmark.gallery import draw_gallery
+    from leaderboard.build import write_leaderboard
+
+    if attack_names:
+        try:
+            draw_gallery(preset, attack_names, run.out / GALLERY_FILE)
+        except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
+            reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
+    if run.results.exists():
+        run.leaderboard = write_leaderboard([run.results], run.out, max_ca_cost=max_ca_cost)
+        reporter.log(f"leaderboard: {run.leaderboard}")
+
+
+def _names(names: str | Sequence[str]) -> str:
+    return names if isinstance(names, str) else ",".join(names)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=3)
+
+
+def load_plugins(plugins: Sequence[str] = (), no_autoload: bool = False) -> list:
+    """Load entry-point plugins (unless turned off) and the given plugin files or ``module:Class`` specs;
+    returns the :class:`~benchmark.plugins.PluginFailure` of each one that failed (the others are registered)."""
+    from benchmark import plugins as plugin_loader
+
+    failures = [] if no_autoload else plugin_loader.load_entry_points()
+    for spec in plugins or ():
+        failures += plugin_loader.load_plugin(spec)
+    return failures
+
+
+def load_with_data_dir(name: str, data_dir: str | Path | None):
+    """The preset ``name`` (built-in or a file) with ``data_dir`` (``--data-dir``) applied."""
+    from benchmark.presets import load_preset
+
+    preset = load_preset(name)
+    if data_dir is not None:
+        preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, data_dir=str(data_dir)))
+    return preset
+
+
+def preset_for_run(name: str, data_dir: str | Path | None, data: Sequence[str] | None):
+    """The preset ``name`` with ``data_dir`` and the ``--data`` overrides applied and its data sources resolved
+    (paths expanded and checked, class names read from the evaluation set), as the runner needs it."""
+    from benchmark.data.resolve import resolve_preset
+
+    return resolve_preset(load_with_data_dir(name, data_dir), tuple(data or ()))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` (``--seeds``) as distinct non-negative integers, in the order given."""
+    from benchmark.errors import UserError
+
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+    if any(seed < 0 for seed in seeds):
+        raise UserError(f"--seeds {text!r}: seeds must be ≥ 0")
+    return list(dict.fromkeys(seeds))
+
+
+def attack_overrides(poison_rate: float | None, poison_count: int | None) -> dict[str, Any]:
+    """``poison_rate`` / ``poison_count``, where given, as settings that apply to every attack."""
+    return {key: value for key, value in (("poison_rate", poison_rate), ("poison_count", poison_count))
+            if value is not None}
+
+
+def build_executor(name: str, *, workers: int, gpus: int, device, device_name: str, out: Path,
+                   plugins: Sequence[str], no_plugin_autoload: bool, slurm: SlurmSettings):
+    """The executor ``name`` ("local" or "slurm"); under torchrun always this process (every rank runs the same
+    cells)."""
+    from benchmark.distributed import world
+    from benchmark.errors import UserError
+    from benchmark.runner.executors import InProcess, SlurmOptions, WorkerSetup, make_executor
+
+    if world().distributed:
+        return InProcess()
+    pairs = []
+    for item in slurm.options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--slurm-option {item!r}: give KEY=VALUE, e.g. account=abc")
+        pairs.append((key.strip(), value.strip()))
+    options = SlurmOptions(partition=slurm.partition, timeout_min=slurm.timeout_min, gpus_per_job=gpus,
+                           max_requeue=slurm.max_requeue, extra=tuple(pairs))
+    setup = WorkerSetup(tuple(plugins or ()), no_plugin_autoload)
+    return make_executor(name, workers=workers, device=device, device_name=device_name, out_dir=out, slurm=options,
+                         setup=setup)
