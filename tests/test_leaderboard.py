@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from benchmark.errors import UserError
-from benchmark.results import COLUMNS, SCHEMA_VERSION, UPGRADABLE
+from benchmark.results import COLUMNS, GALLERY_FILE, SCHEMA_VERSION, UPGRADABLE
 from leaderboard.aggregate import build, der
 from leaderboard.build import write_leaderboard
 from leaderboard.load import load_results
@@ -113,7 +113,7 @@ def test_cli_writes_the_page_and_embeds_the_trigger_gallery(cli, tmp_path):
     results = write_results(tmp_path / "results.csv", known_rows())
     out = tmp_path / "site"
     out.mkdir()
-    (out / "trigger_gallery.png").write_bytes(_tiny_png())
+    (out / GALLERY_FILE).write_bytes(_tiny_png())  # the page finds the gallery `cleanbench run` draws
     code, stdout, _ = cli("leaderboard", results, "--out", out)
     assert code == 0, stdout
     page = (out / "index.html").read_text()
