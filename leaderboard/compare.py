@@ -20,7 +20,7 @@ metric             ``ca`` (higher is better), ``asr`` (lower is better) or ``wor
 defense_a,         the pair, in name order; differences are a − b
 defense_b
 test               ``paired_t`` (over the seeds both defenses succeeded on), ``mcnemar`` (one seed, per image) or
-                   ``none`` (one common seed and no predictions: the pair cannot be separated)
+                   ``untested`` (one common seed and no predictions: the pair cannot be separated)
 seeds              the seeds used (``0;1;2``); for ``mcnemar`` the one seed
 n                  seeds (``paired_t``) or test images (``mcnemar``) compared
 diff               mean of a − b (``paired_t``) or share(a) − share(b) over the images (``mcnemar``)
@@ -185,7 +185,7 @@ def compare_paired(base: dict, a: pd.DataFrame, b: pd.DataFrame, seeds: list, me
         rows.append(pair_row(base, "mcnemar", [seed], result, verdict(result, lower), math.nan))
     if not rows and seeds:  # one seed and no predictions: nothing can separate the pair
         diff = float(a.loc[seeds[0], metric] - b.loc[seeds[0], metric])
-        rows.append(pair_row(base, "none", seeds, Paired(diff, math.nan, math.nan, math.nan, 1), "not separable",
+        rows.append(pair_row(base, "untested", seeds, Paired(diff, math.nan, math.nan, math.nan, 1), "not separable",
                              math.nan))
     return rows
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from benchmark.results import SCHEMA_VERSION
+from benchmark.results import GALLERY_FILE, SCHEMA_VERSION
 from leaderboard.aggregate import CHANCE_MARGIN, NO_DEFENSE, Leaderboard
 from leaderboard.load import BENIGN_ATTACK
 from leaderboard.plots import FIGURES
 from leaderboard.rank_groups import inseparable, primary, seeds_text
 
-GALLERY = "trigger_gallery.png"  # drawn by `cleanbench run` into its output folder; the page embeds it
 PROVENANCE = ["cell_id", "status", "reason", "ca", "asr", "delta_ca", "delta_asr", "der", "n_clean", "n_triggered",
               "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "device", "cleanbench_version",
               "git_commit", "victim_key", "finished_at"]
@@ -38,7 +37,7 @@ def environment() -> jinja2.Environment:
 def render(board: Leaderboard, results: pd.DataFrame, figures: dict[str, Path], out: Path,
            sources: list[str]) -> str:
     """The page's HTML for a leaderboard, its per-seed rows (for the details views) and drawn figures."""
-    gallery = Path(out) / GALLERY
+    gallery = Path(out) / GALLERY_FILE  # drawn by `cleanbench run` into its output folder; the page embeds it
     context = {
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "sources": sources,
