@@ -39,7 +39,7 @@ class GridRun:
     """What :func:`run_grid` did: the plan it ran, the run's summary, and where the results are."""
 
     plan: Any  # benchmark.runner.plan.Plan
-    summary: Any  # benchmark.runner.execute.RunSummary
+    summary: Any  # benchmark.runner.record.RunSummary
     out: Path
     leaderboard: Path | None = None  # index.html; None on the other ranks of a torchrun job
 

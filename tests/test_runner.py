@@ -51,6 +51,37 @@ def test_plan_always_includes_the_no_defense_reference_and_shares_victims():
     assert len(plan.cells) == 8 and len({cell.key for cell in plan.cells}) == 8
 
 
+# The runner's modules, lowest first: each imports only those before it, so there is no import circle.
+RUNNER_LAYERS = ("lock", "store", "plan", "record", "execute", "executors", "grid", "__init__")
+
+
+def test_the_runner_imports_one_way_at_module_level():
+    import ast
+
+    import benchmark.runner
+
+    folder = Path(benchmark.runner.__file__).parent
+    assert sorted(path.stem for path in folder.glob("*.py")) == sorted(RUNNER_LAYERS)  # a new module gets a layer
+    for index, name in enumerate(RUNNER_LAYERS):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                modules = [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            ours = [module for module in modules if module.split(".")[0] in ("benchmark", "attacks", "defenses")]
+            assert not ours or id(node) in top_level, f"runner/{name}.py: function-local import of {ours}"
+            for module in ours:
+                assert not module.startswith(("benchmark.api", "benchmark.cli", "benchmark.validate")), \
+                    f"runner/{name}.py imports {module}, a layer above the runner"
+                if module.startswith("benchmark.runner."):
+                    assert module.split(".")[2] in RUNNER_LAYERS[:index], \
+                        f"runner/{name}.py imports {module}: not a layer below it"
+
+
 def test_rows_record_the_recipe_each_defense_trained_with_and_how_it_was_chosen(finished_run):
     rows = {row["defense"]: row for row in ResultsFile(finished_run / "results.csv").rows.values()}
     recipe = json.loads(rows["finetune"]["defense_recipe"])

@@ -26,10 +26,16 @@ from typing import Any, Protocol
 
 import torch
 
+from benchmark import distributed
+from benchmark import plugins as plugin_loader
 from benchmark.device import Runtime, current_runtime, resolve_device, set_runtime
 from benchmark.errors import UserError
 from benchmark.progress import Reporter
+from benchmark.results import RESULTS_FILE, ResultsFile
+from benchmark.runner.execute import run_group
+from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan, VictimSpec
+from benchmark.runner.record import RunSummary, record_failed
 
 Group = tuple[VictimSpec, list[CellSpec]]
 EXECUTORS = ("local", "slurm")
@@ -44,8 +50,7 @@ class WorkerSetup:
     runtime: Runtime = field(default_factory=current_runtime)
 
     def apply(self) -> None:
-        from benchmark import plugins as plugin_loader
-
+        """Load the plugins (reporting each that fails) and set the runtime, as the CLI process did."""
         failures = [] if self.no_plugin_autoload else plugin_loader.load_entry_points()
         for spec in self.plugins:
             failures += plugin_loader.load_plugin(spec)
@@ -57,16 +62,16 @@ class WorkerSetup:
 class Executor(Protocol):
     """Runs victim groups and returns the merged summary; rows land in ``out_dir/results.csv`` as cells finish."""
 
-    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device, reporter: Reporter) -> Any:
+    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device,
+            reporter: Reporter) -> RunSummary:
         ...
 
 
 class InProcess:
     """Every group in this process, one after another (the CPU default, and each rank's loop under torchrun)."""
 
-    def run(self, plan, groups, out_dir, device, reporter):
-        from benchmark.runner.execute import RunSummary, run_group
-
+    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device,
+            reporter: Reporter) -> RunSummary:
         summary = RunSummary()
         with reporter.task("grid", total=sum(len(cells) for _, cells in groups)) as advance:
             for spec, cells in groups:
@@ -88,10 +93,8 @@ class LocalPool:
         self.workers = workers
         self.setup = setup
 
-    def run(self, plan, groups, out_dir, device, reporter):
-        from benchmark.results import RESULTS_FILE, ResultsFile
-        from benchmark.runner.execute import RunSummary
-
+    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device,
+            reporter: Reporter) -> RunSummary:
         if len(groups) == 1 and len(groups[0][1]) == 1:  # one job: nothing to spread, no processes to start
             return InProcess().run(plan, groups, out_dir, device, reporter)
         devices = _worker_devices(device, self.workers)
@@ -160,9 +163,7 @@ def _die_with(coordinator: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, stage: str):
-    from benchmark.runner.execute import run_group
-
+def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, stage: str) -> RunSummary:
     return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False), stage=stage)
 
 
@@ -198,10 +199,9 @@ class SlurmExecutor:
         self.device_name = device_name
         self.cluster = cluster
 
-    def run(self, plan, groups, out_dir, device, reporter):
-        import submitit
-
-        from benchmark.runner.execute import RunSummary
+    def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device,
+            reporter: Reporter) -> RunSummary:
+        import submitit  # an optional dependency, needed only here
 
         options = self.options
         executor = submitit.AutoExecutor(folder=self.folder, cluster=self.cluster,
@@ -237,11 +237,8 @@ class GroupJob:
         self.device_name = device_name
         self.out_dir = out_dir
 
-    def __call__(self, plan: Plan, spec: VictimSpec, cells: list[CellSpec]):
+    def __call__(self, plan: Plan, spec: VictimSpec, cells: list[CellSpec]) -> RunSummary:
         import submitit
-
-        from benchmark import distributed
-        from benchmark.runner.execute import run_group
 
         self.setup.apply()
         device = resolve_device(self.device_name)
@@ -258,18 +255,19 @@ class GroupJob:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def _gather(plan: Plan, group: Group, job, out_dir: Path, summary, reporter: Reporter) -> bool:
-    """Merge a finished job's summary; a job that died has its unfinished cells recorded as failed.
-    True when the job finished and none of its cells failed."""
-    from benchmark.runner.execute import record_lost_cells
-
+def _gather(plan: Plan, group: Group, job: Any, out_dir: Path, summary: RunSummary, reporter: Reporter) -> bool:
+    """Merge a finished job's summary; a job that died has the cells it did not write recorded as failed (a
+    rerun redoes them). True when the job finished and none of its cells failed."""
     spec, cells = group
     try:
         # a submitit job with several tasks (DDP) returns one summary per task: rank 0's counts the group once
         finished = job.results()[0] if hasattr(job, "results") else job.result()
     except Exception as error:  # noqa: BLE001 - the worker died; its cells are reported and the grid goes on
         reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
-        record_lost_cells(plan, cells, reason, out_dir, summary, reporter)
+        written = ResultsFile(Path(out_dir) / RESULTS_FILE).rows
+        results = SharedResults(Path(out_dir) / RESULTS_FILE)
+        for cell in (cell for cell in cells if cell.key not in written):
+            record_failed(plan, cell, reason, results, summary, reporter)
         return False
     summary.merge(finished)
     return finished.cells_failed == 0

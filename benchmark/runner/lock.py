@@ -8,7 +8,9 @@ import os
 import socket
 from pathlib import Path
 
+from benchmark.distributed import world
 from benchmark.errors import UserError
+from benchmark.results import ResultsFile
 
 
 class OutputLock:
@@ -51,9 +53,7 @@ class SharedResults:
         self.path = Path(path)
 
     def upsert(self, row: dict) -> None:
-        from benchmark.distributed import world
-        from benchmark.results import ResultsFile
-
+        """Add or replace ``row`` (keyed by its ``cell_id``) in the shared file."""
         if not world().is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)

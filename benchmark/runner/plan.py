@@ -20,9 +20,12 @@ import torch
 
 from attacks import ATTACKS
 from attacks.base import AttackContext
+from benchmark.checkpoints import looks_like_path
 from benchmark.config import config_dict
 from benchmark.errors import UserError
+from benchmark.data.resolve import resolve_preset
 from benchmark.data.source_splits import streamed_splits
+from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
 from benchmark.storage import content_key
@@ -93,8 +96,6 @@ def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: li
     one can tell whether an attack took, so no defense could be scored.
     """
     if resolve and preset.data.uses_sources:
-        from benchmark.data.resolve import resolve_preset
-
         preset = resolve_preset(preset)
     if not seeds:
         raise UserError("no seeds given: use e.g. --seeds 0 or --seeds 0,1,2")
@@ -114,9 +115,6 @@ def check_model(preset: Preset) -> None:
     """Refuse a model the preset cannot use, before anything is written: an unknown architecture, an image size
     its vision tower does not take (positional embeddings are sized for one resolution), or a weights file that
     does not load safely into it (a failure inside the grid would only show up as failed rows)."""
-    from benchmark.checkpoints import looks_like_path
-    from benchmark.models import model_config, model_from_spec
-
     name = preset.model.name
     config = model_config(name)
     if config is None:

@@ -1,0 +1,56 @@
+"""Running a plan: the output folder checked and locked, the cells already recorded as ``ok`` skipped, and the
+pending ones grouped by victim and handed to an executor (:mod:`benchmark.runner.executors`), which runs each
+group (:func:`benchmark.runner.execute.run_group`) where it belongs.
+
+Imports run one way: ``grid`` → ``executors`` → ``execute`` → ``record`` → ``plan``, ``store``, ``lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from benchmark.distributed import barrier, world
+from benchmark.errors import UserError
+from benchmark.progress import Reporter
+from benchmark.results import RESULTS_FILE, ResultsFile
+from benchmark.runner.executors import Executor, InProcess
+from benchmark.runner.lock import OutputLock
+from benchmark.runner.plan import Plan
+from benchmark.runner.record import RunSummary
+from benchmark.storage import remove_stale_temporaries
+from benchmark.task import build_task
+
+
+def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter | None = None,
+             executor: Executor | None = None) -> RunSummary:
+    """Run every cell of ``plan`` not already recorded as ``ok`` in ``out_dir/results.csv``, one victim group
+    after another in this process unless ``executor`` (:mod:`benchmark.runner.executors`) spreads them out."""
+    reporter = reporter or Reporter.silent()
+    out_dir = Path(out_dir)
+    summary = RunSummary()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    # Refuse a foreign, other-version or other-config results file before writing anything.
+    ResultsFile(out_dir / RESULTS_FILE).refuse_changed_configs(
+        [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
+    build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
+    with OutputLock(out_dir) if world().is_main else contextlib.nullcontext():
+        reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
+                     f"device {device}, output {out_dir}")
+        results = ResultsFile(out_dir / RESULTS_FILE)
+        barrier()  # under torchrun every rank has read the results before rank 0 writes
+        if world().is_main and remove_stale_temporaries(out_dir):
+            reporter.log("removed temporary files left by a killed run")
+        pending = [cell for cell in plan.cells if not results.done(cell.key)]
+        summary.cells_skipped = len(plan.cells) - len(pending)
+        if summary.cells_skipped:
+            reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
+        if not pending:
+            return summary
+        groups = [(spec, [cell for cell in pending if cell.victim.key == spec.key]) for spec in plan.victims]
+        executor = executor if executor is not None else InProcess()
+        summary.merge(executor.run(plan, [group for group in groups if group[1]], out_dir, device, reporter))
+    return summary

@@ -1,0 +1,79 @@
+"""What a run records of each cell: its ``results.csv`` row, the run's summary, and the one path by which a cell
+is recorded as ``failed``, whether it raised in a worker (:mod:`benchmark.runner.execute`) or its worker died
+before writing its row (:mod:`benchmark.runner.executors`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from benchmark import __version__
+from benchmark.metrics import Metrics
+from benchmark.progress import Reporter
+from benchmark.provenance import git_commit
+from benchmark.results import SCHEMA_VERSION
+from benchmark.runner.lock import SharedResults
+from benchmark.runner.plan import CellSpec, Plan
+
+METRIC_FIELDS = ("ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered")
+TIMING_FIELDS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's closing line and for tests of the cache."""
+
+    victims_trained: int = 0
+    victims_loaded: int = 0
+    cells_run: int = 0
+    cells_reused: int = 0
+    cells_skipped: int = 0
+    cells_failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    def merge(self, other: RunSummary) -> None:
+        """Add a worker's summary to this one."""
+        for name in ("victims_trained", "victims_loaded", "cells_run", "cells_reused", "cells_skipped",
+                     "cells_failed"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+
+
+def cell_label(cell: CellSpec) -> str:
+    """How logs and failure lists name a cell: ``badnet × finetune seed 0``."""
+    return f"{cell.victim.attack} × {cell.defense} seed {cell.victim.seed}"
+
+
+def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], device: Any,
+             status: str, reason: str) -> dict[str, Any]:
+    """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`); no metrics for a failed cell."""
+    preset, victim = plan.preset, cell.victim
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
+        "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
+        "target": preset.text.target, "n_classes": len(preset.text.classnames) or None,
+        "poison_count": victim.poison_count,
+        "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
+        "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
+        "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
+        "model": preset.model.name, "victim_key": victim.key, "cleanbench_version": __version__,
+        "git_commit": git_commit(), "device": str(device),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    row.update(metrics.as_row() if metrics is not None else dict.fromkeys(METRIC_FIELDS))
+    for key in TIMING_FIELDS:
+        row[key] = timing.get(key)
+    return row
+
+
+def record_failed(plan: Plan, cell: CellSpec, reason: str, results: SharedResults, summary: RunSummary,
+                  reporter: Reporter, *, device: Any = "cpu", note: str = "") -> None:
+    """Record ``cell`` as ``failed`` for ``reason`` (its first 300 characters in the row) and count and log it;
+    ``note`` ends the log line (where its traceback was saved). A rerun redoes the cell."""
+    results.upsert(cell_row(plan, cell, None, {}, device, "failed", reason[:300]))
+    summary.cells_failed += 1
+    summary.failures.append(f"{cell_label(cell)}: {reason}")
+    reporter.log(f"cell {cell_label(cell)} FAILED: {reason}{note}")
