@@ -66,6 +66,24 @@ def test_local_workers_share_a_victims_cells(tmp_path):
     pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
 
 
+def test_cells_of_a_killed_worker_are_recorded_as_failed_and_the_grid_goes_on(tmp_path, monkeypatch):
+    """A worker SIGKILLed in its first training step (as by the OOM killer): the coordinator records the cells it
+    did not write as ``failed``, naming the dead worker, and returns; a rerun redoes them."""
+    from benchmark.faults import ENV
+
+    plan, out = small_plan(), tmp_path / "run"
+    monkeypatch.setenv(ENV, "train-step:1")  # the workers inherit it; the coordinator trains nothing
+    summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (0, 0, 2)
+    rows = ResultsFile(out / "results.csv").rows
+    assert sorted(rows) == sorted(cell.key for cell in plan.cells)
+    for row in rows.values():
+        assert row["status"] == "failed" and row["ca"] in ("", None), row
+        assert row["reason"].startswith(f"worker for victim {row['attack']} seed 0 died: "), row["reason"]
+    assert len(summary.failures) == 2 and all(" died: " in failure for failure in summary.failures)
+    assert not any(ResultsFile(out / "results.csv").done(cell.key) for cell in plan.cells)  # a rerun redoes them
+
+
 COORDINATOR = """
 import sys, torch
 from benchmark.runner import run_plan
