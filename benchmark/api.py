@@ -130,10 +130,7 @@ def load_plugins(plugins: Sequence[str] = (), no_autoload: bool = False) -> list
     returns the :class:`~benchmark.plugins.PluginFailure` of each one that failed (the others are registered)."""
     from benchmark import plugins as plugin_loader
 
-    failures = [] if no_autoload else plugin_loader.load_entry_points()
-    for spec in plugins or ():
-        failures += plugin_loader.load_plugin(spec)
-    return failures
+    return plugin_loader.load_plugins(plugins, no_autoload)
 
 
 def load_with_data_dir(name: str, data_dir: str | Path | None):

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Sequence
 
 from attacks import ATTACKS
 from benchmark.errors import UserError
@@ -65,6 +66,16 @@ def load_entry_points(force: bool = False) -> list[PluginFailure]:
                 registry.add(entry.name, entry.load(), source=origin)
             except Exception as error:  # noqa: BLE001 - a broken plugin must not take the tool down
                 failures.append(_failure(entry.name, origin, error))
+    return failures
+
+
+def load_plugins(specs: Sequence[str] = (), no_autoload: bool = False) -> list[PluginFailure]:
+    """Load entry-point plugins (unless ``no_autoload``) and the given plugin files or ``module:Class`` specs;
+    returns the failure of each one that failed (the others are registered). The CLI process and every worker
+    process load their plugins through this one call."""
+    failures = [] if no_autoload else load_entry_points()
+    for spec in specs or ():
+        failures += load_plugin(spec)
     return failures
 
 

@@ -51,10 +51,7 @@ class WorkerSetup:
 
     def apply(self) -> None:
         """Load the plugins (reporting each that fails) and set the runtime, as the CLI process did."""
-        failures = [] if self.no_plugin_autoload else plugin_loader.load_entry_points()
-        for spec in self.plugins:
-            failures += plugin_loader.load_plugin(spec)
-        for failure in failures:
+        for failure in plugin_loader.load_plugins(self.plugins, self.no_plugin_autoload):
             Reporter().log(f"warning: {failure.message()}")
         set_runtime(self.runtime)
 
