@@ -11,7 +11,8 @@ from leaderboard.load import load_results
 folder = sys.argv[1]
 lb = pd.read_csv(f"{folder}/leaderboard.csv")
 rows = load_results(sys.argv[2:])
-order = ["none", "finetune", "cleanclip", "ssl-only", "supervised"]
+known = ["none", "finetune", "cleanclip", "ssl-only", "supervised"]
+order = known + sorted(set(lb.defense) - set(known))  # plugin defenses after the built-ins
 print("| attack | defense | seeds | CA mean [95% CI] | ASR mean [95% CI] | ASR per seed |")
 print("|---|---|---|---|---|---|")
 for attack in ["none", "badnet", "blended", "wanet", "label-consistent"]:

@@ -68,7 +68,8 @@ def number(value: object, digits: int = 3) -> str:
     """A metric for display; an em dash where it is missing."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    # + 0.0: a tiny negative (a mean of float differences) shows as 0.000, not -0.000
+    return f"{round(value, digits) + 0.0:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def sort_key(value: object) -> str:

@@ -11,7 +11,9 @@ from leaderboard.rank_groups import inseparable, seeds_text
 
 
 def _fmt(value: float) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{round(value, 3) + 0.0:.3f}"  # + 0.0: a tiny negative rounds to 0.000, not -0.000
 
 
 def print_summary(board: Leaderboard) -> None:
