@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pandas as pd
 import pytest
 
@@ -70,3 +73,13 @@ def test_missing_dataset_names_all_three_sources(cli, test_preset, tmp_path, mon
     assert "zalando-datasets/fashion_mnist" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_help_is_torch_free_and_python_m_benchmark_cli_runs_the_app():
+    code = ("import sys; from typer.testing import CliRunner; from benchmark.cli import app; "
+            "codes = [CliRunner().invoke(app, [*args, '--help']).exit_code for args in "
+            "([], ['run'], ['validate'], ['leaderboard'], ['list'], ['attacks', 'show'])]; "
+            "sys.exit(any(codes) or 'torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    shown = subprocess.run([sys.executable, "-m", "benchmark.cli", "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "run" in shown.stdout and "validate" in shown.stdout

@@ -1,6 +1,6 @@
 """``cleanbench attacks …``: commands that look at attacks without training anything.
 
-Kept out of :mod:`benchmark.cli` so that module stays a list of thin commands; the drawing lives in
+Kept out of :mod:`benchmark.cli.commands` so that module stays a list of thin commands; the drawing lives in
 :mod:`benchmark.gallery`, imported only when the command runs.
 """
 
@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.cli_support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli.support import NoAutoloadOption, PluginOption, load_plugins, user_errors
 from benchmark.results import GALLERY_FILE
 
 attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the registered attacks.")

@@ -1,4 +1,6 @@
-"""The ``cleanbench`` command line. Commands stay thin; heavy imports happen inside them so ``--help`` is fast."""
+"""The ``cleanbench`` commands ``run``, ``leaderboard`` and ``list``, and the app that holds every command (``attacks``
+in :mod:`benchmark.cli.attacks`, ``validate`` in :mod:`benchmark.cli.validate`). Commands stay thin; heavy imports
+happen inside them so ``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ from typing import List, Optional
 
 import typer
 
-from benchmark import cli_scale
-from benchmark.cli_attacks import attacks_app
-from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
+from benchmark.cli import scale
+from benchmark.cli.attacks import attacks_app
+from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
                                    user_errors)
-from benchmark.cli_validate import DataOption, validate_command
+from benchmark.cli.validate import DataOption, validate_command
 from benchmark.errors import UserError
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 
@@ -42,15 +44,15 @@ def run(
     data: Optional[List[str]] = DataOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
-    precision: str = cli_scale.PrecisionOption,
-    compile_model: bool = cli_scale.CompileOption,
-    gpus: int = cli_scale.GpusOption,
-    executor: str = cli_scale.ExecutorOption,
-    workers: int = cli_scale.WorkersOption,
-    slurm_partition: str = cli_scale.SlurmPartitionOption,
-    slurm_timeout_min: int = cli_scale.SlurmTimeOption,
-    slurm_max_requeue: int = cli_scale.SlurmRequeueOption,
-    slurm_option: Optional[List[str]] = cli_scale.SlurmExtraOption,
+    precision: str = scale.PrecisionOption,
+    compile_model: bool = scale.CompileOption,
+    gpus: int = scale.GpusOption,
+    executor: str = scale.ExecutorOption,
+    workers: int = scale.WorkersOption,
+    slurm_partition: str = scale.SlurmPartitionOption,
+    slurm_timeout_min: int = scale.SlurmTimeOption,
+    slurm_max_requeue: int = scale.SlurmRequeueOption,
+    slurm_option: Optional[List[str]] = scale.SlurmExtraOption,
     max_ca_cost: float = MaxCaCostOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
@@ -63,7 +65,7 @@ def run(
         executor=executor, workers=workers, max_ca_cost=max_ca_cost,
         slurm=SlurmSettings(slurm_partition, slurm_timeout_min, slurm_max_requeue, tuple(slurm_option or ())),
         warn=lambda message: typer.echo(f"warning: {message}", err=True),
-        before_run=lambda: cli_scale.relaunch_under_torchrun(gpus, executor))
+        before_run=lambda: scale.relaunch_under_torchrun(gpus, executor))
     if grid.summary.cells_failed:
         raise typer.Exit(1)
 
@@ -137,7 +139,3 @@ def list_components(
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
-
-
-if __name__ == "__main__":
-    main()

@@ -1,5 +1,5 @@
 """``cleanbench run``'s options for scale: precision and compilation, DDP processes per cell, and the executor
-(local workers or Slurm jobs). Kept here so ``cli.py`` stays a thin list of commands."""
+(local workers or Slurm jobs). Kept here so ``commands.py`` stays a thin list of commands."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """``cleanbench validate``: check a run before it starts, and the ``--data`` option it shares with ``run``.
 
-Kept out of :mod:`benchmark.cli` so that module stays a list of thin commands; the checks live in
+Kept out of :mod:`benchmark.cli.commands` so that module stays a list of thin commands; the checks live in
 :mod:`benchmark.validate`.
 """
 
@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from benchmark.api import attack_overrides, load_with_data_dir, parse_seeds
-from benchmark.cli_support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
+from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
                                    user_errors)
 
