@@ -1,4 +1,5 @@
-"""``python -m benchmark.cli`` (and ``torchrun -m benchmark.cli``, see :func:`benchmark.distributed.torchrun_command`)."""
+"""``python -m benchmark.cli``; also how ``torchrun -m benchmark.cli`` starts each rank (see
+:func:`benchmark.distributed.torchrun_command`)."""
 
 from benchmark.cli import main
 
