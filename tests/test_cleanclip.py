@@ -15,7 +15,7 @@ from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.models import create_model, tokenizer_for
 from benchmark.progress import Reporter
-from benchmark.text_augment import EDA, default_wordnet
+from defenses.cleanclip.text_augment import EDA, default_wordnet
 from benchmark.training import clip_loss
 from benchmark.training_recipe import TrainRecipe
 from defenses import DEFENSES

@@ -9,8 +9,9 @@ independently of the (possibly backdoored) cross-modal alignment.
   the other samples' augmented views only; ``s`` is the model's shared, learnable temperature.
 - The N originals and N augmented views go through the model in one forward pass of 2N images and 2N texts.
 - Image augmentation: torchvision's AutoAugment (ImageNet policy), drawn anew for every image on every visit,
-  on the augmented view only (a batch at a time, :mod:`benchmark.augment`; DataLoader workers on a GPU). Text augmentation: EDA (:mod:`benchmark.text_augment`),
-  one caption per caption, drawn once (optionally redrawn every epoch).
+  on the augmented view only (a batch at a time, :mod:`defenses.cleanclip.augment`; DataLoader workers on a
+  GPU). Text augmentation: EDA (:mod:`defenses.cleanclip.text_augment`), one caption per caption, drawn once
+  (optionally redrawn every epoch).
 
 Departures from the official code (nishadsinghi/CleanCLIP), all deliberate:
 - Schedule: warmup runs from step 0. The official loop numbers steps from ``num_batches`` (reference §3/§8.4),
@@ -23,7 +24,7 @@ Departures from the official code (nishadsinghi/CleanCLIP), all deliberate:
   disk by the workers of a streamed split), not on a 224 px PIL image before Resize/CenterCrop; it uses
   ``torchvision.transforms.v2.AutoAugment`` (same ImageNet policy, nearest interpolation, no fill), 1.7×
   faster than v1 on 32 px uint8 tensors (0.53 vs 0.93 ms per image).
-- EDA: seeded and reproducible (see :mod:`benchmark.text_augment` for its own small deviations).
+- EDA: seeded and reproducible (see :mod:`defenses.cleanclip.text_augment` for its own small deviations).
 - λ2 = 0 is plain CLIP finetuning: no augmented views are made or forwarded (the official code still forwards
   them with ``--inmodal``, which only matters for BatchNorm statistics).
 - Under DDP both L_CLIP and L_SS are computed over the global batch (features all-gathered with gradients), as
@@ -43,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from benchmark.augment import BatchAutoAugment
+from defenses.cleanclip.augment import BatchAutoAugment
 from benchmark.config import check_range
 from benchmark.data.batches import Batch, Normalizer, pair_batches, rank_batches, to_device
 from benchmark.data.loader import Pairs
@@ -51,7 +52,7 @@ from benchmark.data.pairs import PairSet
 from benchmark.distributed import clip_loss_options, gather_global
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
-from benchmark.text_augment import EDA
+from defenses.cleanclip.text_augment import EDA
 from benchmark.training import clip_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
@@ -123,7 +124,7 @@ def cleanclip_loss(model: nn.Module, batch: Batch, clip_weight: float = 1.0,
 
 class AugmentedViews(Dataset):
     """Index, original uint8 image and an AutoAugment'ed copy, drawn anew on every access. DataLoader fetches a
-    whole batch through ``__getitems__``, which augments it in one :class:`~benchmark.augment.BatchAutoAugment`
+    whole batch through ``__getitems__``, which augments it in one :class:`~defenses.cleanclip.augment.BatchAutoAugment`
     call (in a worker, or in this process with ``num_workers = 0``)."""
 
     def __init__(self, images: torch.Tensor) -> None:
