@@ -108,9 +108,9 @@ class Metrics:
 
 
 def forward_batch_size(device: torch.device) -> int:
-    """Images per forward pass when evaluating. On the CPU small batches keep a layer's activations in cache:
-    the tiny default's ``encode_image`` runs at ~3,300 images/s in batches of 128 against ~1,600 in batches of
-    1,000 (one thread). A GPU wants large batches."""
+    """Images per forward pass when evaluating. On the CPU small batches keep a layer's activations in cache,
+    so the tiny default's ``encode_image`` runs markedly faster in batches of 128 than of 1,000 (the evaluation's
+    latest speed: ``benchmarks/results/perf-2026-11-28.md``). A GPU wants large batches."""
     return 1000 if device.type == "cuda" else 128
 
 

@@ -89,8 +89,9 @@ def train(
         model.to(memory_format=torch.channels_last)
     steps_per_epoch = len(batches)  # type: ignore[arg-type]
     total_steps = steps_per_epoch * recipe.epochs
-    # The fused kernel updates all parameters in one pass: ~30% more images/s than the per-tensor loop on CPU,
-    # where the 3.2M-entry token embedding of the tiny model dominates the parameter count.
+    # The fused kernel updates all parameters in one pass: more images/s than the per-tensor loop on CPU, where
+    # the 3.2M-entry token embedding of the tiny model dominates the parameter count (benchmarks/profile_step.py
+    # shows the optimizer's share of a step; training speed: benchmarks/results/perf-2026-11-28.md).
     optimizer = torch.optim.AdamW(parameter_groups(model, recipe.weight_decay), lr=recipe.lr,
                                   betas=(recipe.beta1, recipe.beta2), eps=recipe.eps, fused=True)
     schedule = cosine_lr(optimizer, recipe.lr, min(recipe.warmup_steps, max(0, total_steps - 1)), total_steps)

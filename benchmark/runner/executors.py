@@ -284,8 +284,9 @@ def make_executor(name: str, *, workers: int, device: torch.device, device_name:
     the CPU one single-threaded worker per core (at most ``MAX_CPU_WORKERS``).
 
     Why one thread per worker on the CPU: the default model's matrices are too small for a second OpenMP
-    thread to pay. On 2 cores one process trains the default victim at ~1,100 images/s with 2 threads, while
-    two single-threaded workers side by side train two victims at ~750 images/s each (1.4× in all).
+    thread to pay, so single-threaded workers side by side, one victim each, train more images per second in
+    all than one process with a thread per core (the default grid's latest wall time:
+    ``benchmarks/results/perf-2026-11-28.md``).
     """
     if name == "local":
         if workers == 0:

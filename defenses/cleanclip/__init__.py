@@ -22,8 +22,9 @@ Departures from the official code (nishadsinghi/CleanCLIP), all deliberate:
   ``[finetune]`` recipe, shared by every defense for a fair comparison (the paper: 10 epochs, batch 64, lr 1e-5).
 - Augmentation runs on the decoded uint8 images at the model's resolution (held in memory, or decoded from
   disk by the workers of a streamed split), not on a 224 px PIL image before Resize/CenterCrop; it uses
-  ``torchvision.transforms.v2.AutoAugment`` (same ImageNet policy, nearest interpolation, no fill), 1.7×
-  faster than v1 on 32 px uint8 tensors (0.53 vs 0.93 ms per image).
+  ``torchvision.transforms.v2.AutoAugment`` (same ImageNet policy, nearest interpolation, no fill), whose
+  operations are faster than v1's on small uint8 tensors, a batch at a time (the epoch's cost against plain
+  finetuning: ``benchmarks/results/perf-2026-11-28.md``).
 - EDA: seeded and reproducible (see :mod:`defenses.cleanclip.text_augment` for its own small deviations).
 - λ2 = 0 is plain CLIP finetuning: no augmented views are made or forwarded (the official code still forwards
   them with ``--inmodal``, which only matters for BatchNorm statistics).
@@ -86,9 +87,9 @@ class CleanCLIPConfig:
 
 def default_augment_workers(device: torch.device) -> int:
     """DataLoader workers for the augmented views when the config leaves it open. On the CPU none: the batched
-    AutoAugment costs ~0.15 ms an image, and a worker process would take turns with the training threads on
-    the same cores (an OpenMP team stalls whenever one of its threads is descheduled). On a GPU two, so the
-    augmentation overlaps the GPU's work."""
+    AutoAugment is cheap next to a training step, and a worker process would take turns with the training
+    threads on the same cores (an OpenMP team stalls whenever one of its threads is descheduled). On a GPU two,
+    so the augmentation overlaps the GPU's work."""
     return 0 if device.type == "cpu" else 2
 
 

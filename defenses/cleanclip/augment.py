@@ -1,8 +1,9 @@
 """AutoAugment (ImageNet policy) for a whole batch of uint8 images at once, as CleanCLIP's image augmentation.
 
-torchvision's ``v2.AutoAugment`` transforms one image per call: ~0.5 ms for a 32 px image, almost all of it
-Python dispatch, which on the tiny default is a third of a CleanCLIP epoch's arithmetic. Here every image
-still draws its own sub-policy, its own coin for each of the sub-policy's two operations and its own sign, with
+torchvision's ``v2.AutoAugment`` transforms one image per call, and on a small image that time is almost all
+Python dispatch: on the tiny default, a large share of a CleanCLIP epoch (the epoch's cost against plain
+finetuning: ``benchmarks/results/perf-2026-11-28.md``). Here every image still draws its own sub-policy, its
+own coin for each of the sub-policy's two operations and its own sign, with
 the probabilities and magnitudes of ``v2.AutoAugment`` (its policy table and magnitude space are read from it,
 not copied); then the images that drew the same operation at the same magnitude go through torchvision's own
 implementation of that operation together (``_apply_image_or_video_transform``, whose operations all act per
