@@ -1,5 +1,5 @@
-"""Helpers shared by several test modules: the test preset, small attack inputs, tiny training batches and a
-small runner plan. A plain module (tests import it as ``tests.helpers``); fixtures stay in ``conftest.py``."""
+"""Helpers shared by several test modules: the test preset, small attack inputs, tiny training batches, a
+small runner plan and a hostile pickle. A plain module (tests import it as ``tests.helpers``); fixtures stay in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -70,3 +70,14 @@ def small_plan():
     preset = dataclasses.replace(preset, data=dataclasses.replace(preset.data, train_pairs=128, test_images=100),
                                  victim=dataclasses.replace(preset.victim, batch_size=32))
     return plan_grid(preset, ["badnet"], ["none"], [0])
+
+
+class RunsCode:
+    """A pickle that runs code when unpickled: it creates the file ``path``. If the file exists, a pickle ran code
+    (checkpoint loading must refuse such a file, never unpickle it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.path)!r}, 'w').close()",))

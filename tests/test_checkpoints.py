@@ -3,9 +3,7 @@ untrusted pickle or TorchScript program is ever run without the user saying so."
 
 from __future__ import annotations
 
-import os
 import pickle
-from pathlib import Path
 
 import open_clip
 import pytest
@@ -14,6 +12,7 @@ import torch
 from benchmark.checkpoints import save_state_dict
 from benchmark.errors import UserError
 from benchmark.models import CONFIG_DIR, create_model, tokenizer_for
+from tests.helpers import RunsCode
 
 MODEL = "cleanbench-vit-tiny"
 
@@ -59,19 +58,11 @@ def test_a_plain_state_dict_file_loads(tmp_path):
     _assert_same_embeddings(source, create_model(MODEL, pretrained=str(path)))
 
 
-class _RunsCode:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.mkdir, (str(self.marker),))
-
-
 def test_a_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     with open(path, "wb") as handle:
-        pickle.dump({"state_dict": {"x": _RunsCode(marker)}}, handle)
+        pickle.dump({"state_dict": {"x": RunsCode(marker)}}, handle)
     with pytest.raises(UserError, match="refused to load .*convert it to safetensors"):
         create_model(MODEL, pretrained=str(path))
     assert not marker.exists()

@@ -42,7 +42,7 @@ from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.store import ArtifactStore
 from benchmark.training import clip_loss, train
 from defenses import DEFENSES
-from tests.helpers import TEST_PRESET
+from tests.helpers import TEST_PRESET, RunsCode
 
 CPU = torch.device("cpu")
 GRID = (["badnet"], ["none", "finetune"], [0])  # 2 victims (badnet + benign control) × 2 defenses = 4 cells
@@ -176,16 +176,6 @@ def test_same_seed_same_manifest_checkpoints_and_metrics_in_another_process(refe
     assert_same_as_reference(out, reference.out)
 
 
-class Marker:
-    """A pickle that, if ever unpickled, creates a file: proof that it was (it must never be)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.path)!r}, 'w').close()",))
-
-
 def test_damaged_checkpoints_are_retrained_never_loaded(reference, tmp_path):
     out = tmp_path / "damaged"
     shutil.copytree(reference.out, out)
@@ -196,7 +186,7 @@ def test_damaged_checkpoints_are_retrained_never_loaded(reference, tmp_path):
     data[len(data) // 2] ^= 0xFF  # one flipped byte deep in the tensors: same size, still parses
     flipped.write_bytes(bytes(data))
     marker = tmp_path / "unpickled"
-    swapped.write_bytes(pickle.dumps(Marker(marker)))  # a malicious file in place of a checkpoint
+    swapped.write_bytes(pickle.dumps(RunsCode(marker)))  # a malicious file in place of a checkpoint
     summary = run_plan(plan_grid(load_preset(str(reference.preset)), *GRID), out, CPU)
     assert (summary.victims_trained, summary.victims_loaded, summary.cells_failed) == (2, 0, 0)
     assert not marker.exists()

@@ -26,21 +26,11 @@ from benchmark.runner.store import ArtifactStore
 from defenses import DEFENSES
 from leaderboard.build import write_leaderboard
 from leaderboard.html import environment
-from tests.helpers import TEST_PRESET
+from tests.helpers import TEST_PRESET, RunsCode
 from tests.results_rows import make_row, write_results
 
 MODEL = "cleanbench-vit-tiny"
 NAME_RULE = "use letters, digits and - _ . + (at most 64, no '..')"
-
-
-class RunsCode:
-    """Unpickling this creates ``path``: if the file exists, a pickle ran code."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.path)!r}, 'w').close()",))
 
 
 def hostile_checkpoint(folder: Path, form: str) -> tuple[Path, Path]:
