@@ -21,8 +21,9 @@ from leaderboard.rank_groups import inseparable, primary, seeds_text
 
 
 def _number(value: object, digits: int = 3) -> str:
-    return "—" if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) \
-        else f"{value:.{digits}f}"
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no -0.000
 
 
 def ranking_table(board: Leaderboard) -> list[str]:
