@@ -9,7 +9,6 @@ paired, per attack (over seeds and image by image).
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -17,13 +16,9 @@ import pandas as pd
 from leaderboard import DEFAULT_MAX_CA_COST
 from leaderboard.aggregate import Leaderboard, build
 from leaderboard.load import BENIGN_ATTACK, load_cell_predictions, load_results
-from leaderboard.rank_groups import inseparable, primary, seeds_text
-
-
-def _number(value: object, digits: int = 3) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{round(value, digits) + 0.0:.{digits}f}"  # + 0.0: no -0.000
+from leaderboard.compare import verdicts
+from leaderboard.html import number
+from leaderboard.rank_groups import inseparable, seeds_text
 
 
 def ranking_table(board: Leaderboard) -> list[str]:
@@ -31,9 +26,9 @@ def ranking_table(board: Leaderboard) -> list[str]:
              "| note |", "|---|---|---|---|---|---|---|---|---|"]
     for row in board.ranking.itertuples():
         rank = "—" if pd.isna(row.rank) else str(row.rank)
-        cost = f"{_number(row.max_ca_cost)} ({row.max_ca_cost_on})" if row.max_ca_cost_on else "—"
-        lines.append(f"| {rank} | {row.rank_group or '—'} | {row.defense} | {_number(row.worst_asr)} | "
-                     f"{row.worst_attack or '—'} | {_number(row.mean_ca)} | {cost} | {'yes' if row.pareto else 'no'} "
+        cost = f"{number(row.max_ca_cost)} ({row.max_ca_cost_on})" if row.max_ca_cost_on else "—"
+        lines.append(f"| {rank} | {row.rank_group or '—'} | {row.defense} | {number(row.worst_asr)} | "
+                     f"{row.worst_attack or '—'} | {number(row.mean_ca)} | {cost} | {'yes' if row.pareto else 'no'} "
                      f"| {row.note} |")
     return lines
 
@@ -44,35 +39,28 @@ def inseparable_table(board: Leaderboard) -> list[str]:
              "|---|---|---|---|---|---|"]
     for pair in pairs.itertuples():
         lines.append(f"| {pair.defense_a} | {pair.defense_b} | {pair.diff:+.3f} [{pair.ci_low:+.3f}, "
-                     f"{pair.ci_high:+.3f}] | {pair.test} | {_number(pair.p_value, 4)} | "
+                     f"{pair.ci_high:+.3f}] | {pair.test} | {number(pair.p_value, 4)} | "
                      f"{seeds_text(pair.seeds_needed)} |")
     return lines if len(pairs) else ["Every two ranked defenses are separable at 95%."]
 
 
 def against_table(board: Leaderboard, defense: str) -> list[str]:
     """``defense`` against every other defense, per attack and metric: the paired t over seeds, and how many
-    single seeds the per-image McNemar test separates (with the largest of their p-values)."""
+    single seeds the per-image McNemar test separates."""
     pairs = board.pairwise[(board.pairwise["attack"] != "")
                            & ((board.pairwise["defense_a"] == defense) | (board.pairwise["defense_b"] == defense))]
-    keys = ["attack", "metric", "defense_a", "defense_b"]
-    per_image = pairs[pairs["test"] == "mcnemar"].groupby(keys)
     lines = [f"| attack | metric | other | {defense} − other [95% CI], paired t over seeds | p | verdict | "
              "McNemar: seeds separated | seeds needed |", "|---|---|---|---|---|---|---|---|"]
-    for row in primary(pairs).sort_values(keys).itertuples():
+    for row in verdicts(pairs).sort_values(["attack", "metric", "defense_a", "defense_b"]).itertuples():
         sign = 1 if row.defense_a == defense else -1
         other = row.defense_b if sign == 1 else row.defense_a
         low, high = sorted((sign * row.ci_low, sign * row.ci_high))
         winner = {"a better": row.defense_a, "b better": row.defense_b}.get(row.verdict)
         verdict = f"{winner} better" if winner else row.verdict
-        key = (row.attack, row.metric, row.defense_a, row.defense_b)
-        if key in per_image.groups:
-            tests = per_image.get_group(key)
-            mcnemar = f"{int((tests['verdict'] != 'not separable').sum())} of {len(tests)}"
-        else:
-            mcnemar = "—"
+        mcnemar = f"{row.mcnemar_separated} of {row.mcnemar_seeds}" if row.mcnemar_seeds else "—"
         attack = "benign control" if row.attack == BENIGN_ATTACK else row.attack
         lines.append(f"| {attack} | {row.metric} | {other} | {sign * row.diff:+.3f} [{low:+.3f}, {high:+.3f}] "
-                     f"| {_number(row.p_value, 4)} | {verdict} | {mcnemar} | {seeds_text(row.seeds_needed)} |")
+                     f"| {number(row.p_value, 4)} | {verdict} | {mcnemar} | {seeds_text(row.seeds_needed)} |")
     return lines
 
 

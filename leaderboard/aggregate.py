@@ -51,10 +51,10 @@ from scipy import stats
 
 from benchmark.errors import UserError
 from benchmark.predictions import Predictions
-from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
-from leaderboard.compare import PAIRWISE_COLUMNS, pairwise
 from benchmark.results import BENIGN_ATTACK
 from benchmark.results import REFERENCE_DEFENSE as NO_DEFENSE
+from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
+from leaderboard.compare import PAIRWISE_COLUMNS, pairwise
 from leaderboard.rank_groups import rank_group_labels, rank_pairs
 
 KEY = ["preset", "attack", "defense"]
@@ -137,8 +137,7 @@ def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, max_ca_co
     ranks = ranking.set_index(["preset", "defense"])[["rank", "rank_group"]]
     counted = list(zip(cells["preset"], cells["defense"], cells["ranked"]))
     cells["rank"] = pd.array([ranks["rank"].get((p, d), pd.NA) if c else pd.NA for p, d, c in counted], dtype="Int64")
-    cells["rank_group"] = [ranks["rank_group"].get((p, d), "") if c and not pd.isna(ranks["rank"].get((p, d), pd.NA))
-                           else "" for p, d, c in counted]
+    cells["rank_group"] = [ranks["rank_group"].get((p, d), "") if c else "" for p, d, c in counted]  # "": unranked
     return Leaderboard(cells[LEADERBOARD_COLUMNS], ranking, effects, threshold, max_ca_cost, comparisons)
 
 
@@ -165,14 +164,14 @@ def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
         row.update({f"{metric}_mean": mean, f"{metric}_std": std, f"{metric}_ci_low": low,
                     f"{metric}_ci_high": high})
     row["time_defense_s_mean"] = ok["time_defense_s"].mean() if len(ok) else np.nan
+    if len(ok) and len(failed):
+        row["note"] = f"{len(failed)} of {len(group)} seeds failed (not averaged): {failed['reason'].iloc[0]}"
     classes = group["n_classes"].dropna()
     row["near_chance"] = (pd.NA if not len(ok) or classes.empty
                           else bool(row["ca_mean"] - 1.0 / int(classes.iloc[0]) < CHANCE_MARGIN))
-    if row["near_chance"] is True:
+    if row["near_chance"] is True:  # said first, and kept beside a note on failed seeds
         chance = f"ASR meaningless: CA {row['ca_mean']:.3f} is near chance ({1.0 / int(classes.iloc[0]):.3f})"
         row["note"] = "; ".join(part for part in (chance, row["note"]) if part)
-    if len(ok) and len(failed):
-        row["note"] = f"{len(failed)} of {len(group)} seeds failed (not averaged): {failed['reason'].iloc[0]}"
     return row
 
 
@@ -268,13 +267,15 @@ def _pareto(ranking: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 def write_csv(board: Leaderboard, path: Path) -> None:
     """Write ``leaderboard.csv`` (schema in this module's docstring) atomically."""
-    from benchmark.storage import write_text_atomic
-
-    write_text_atomic(path, board.cells.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    _write_table(board.cells, path)
 
 
 def write_pairwise_csv(board: Leaderboard, path: Path) -> None:
     """Write ``pairwise.csv`` (schema in :mod:`leaderboard.compare`) atomically."""
+    _write_table(board.pairwise, path)
+
+
+def _write_table(table: pd.DataFrame, path: Path) -> None:
     from benchmark.storage import write_text_atomic
 
-    write_text_atomic(path, board.pairwise.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_text_atomic(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))

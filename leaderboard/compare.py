@@ -53,6 +53,7 @@ CONFIDENCE = 0.95
 MAX_SEEDS_NEEDED = 10_000  # beyond this the observed difference is, for any practical purpose, not separable
 PAIRWISE_COLUMNS = ["preset", "attack", "metric", "defense_a", "defense_b", "test", "seeds", "n", "diff", "ci_low",
                     "ci_high", "p_value", "a_only", "b_only", "verdict", "seeds_needed"]
+PAIR_KEYS = ["preset", "attack", "metric", "defense_a", "defense_b"]  # one compared pair
 BETTER_IS_LOWER = {"ca": False, "asr": True, "worst_asr": True}
 
 
@@ -194,3 +195,21 @@ def pair_row(base: dict, test: str, seeds: list, result: Paired, call: str, need
     return {**base, "test": test, "seeds": ";".join(str(seed) for seed in seeds), "n": result.n,
             "diff": result.diff, "ci_low": result.ci_low, "ci_high": result.ci_high, "p_value": result.p_value,
             "a_only": result.a_only, "b_only": result.b_only, "verdict": call, "seeds_needed": needed}
+
+
+def primary(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One verdict per pair: the paired t over seeds where there is one, else the single seed's McNemar."""
+    order = pairs.assign(_order=(pairs["test"] != "paired_t").astype(int))
+    return order.sort_values(PAIR_KEYS + ["_order"]).drop_duplicates(PAIR_KEYS).drop(columns="_order")
+
+
+def verdicts(pairs: pd.DataFrame) -> pd.DataFrame:
+    """:func:`primary`'s row per pair with the per-image evidence beside it: in how many of the single seeds
+    tested (``mcnemar_seeds``, 0 without predictions) McNemar separates the pair (``mcnemar_separated``)."""
+    per_image = (pairs[pairs["test"] == "mcnemar"].assign(separated=lambda f: f["verdict"] != "not separable")
+                 .groupby(PAIR_KEYS, as_index=False)
+                 .agg(mcnemar_seeds=("separated", "size"), mcnemar_separated=("separated", "sum")))
+    merged = primary(pairs).merge(per_image, on=PAIR_KEYS, how="left")
+    counts = ["mcnemar_seeds", "mcnemar_separated"]
+    merged[counts] = merged[counts].fillna(0).astype(int)
+    return merged.sort_values(PAIR_KEYS).reset_index(drop=True)

@@ -20,7 +20,8 @@ from benchmark.results import GALLERY_FILE, SCHEMA_VERSION
 from leaderboard.aggregate import CHANCE_MARGIN, NO_DEFENSE, Leaderboard
 from leaderboard.load import BENIGN_ATTACK
 from leaderboard.plots import FIGURES
-from leaderboard.rank_groups import inseparable, primary, seeds_text
+from leaderboard.compare import verdicts
+from leaderboard.rank_groups import inseparable, seeds_text
 
 PROVENANCE = ["cell_id", "status", "reason", "ca", "asr", "delta_ca", "delta_asr", "der", "n_clean", "n_triggered",
               "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "device", "cleanbench_version",
@@ -76,6 +77,8 @@ def sort_key(value: object) -> str:
     """The ``data-sort`` value: numbers as text the page's JS parses, missing as empty (sorted last)."""
     if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if isinstance(value, float) and math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"  # what JS's Number() reads (it reads "inf" as NaN)
     return str(value)
 
 
@@ -142,17 +145,9 @@ def _ranking_row(row: dict) -> dict:
 def _pairs(board: Leaderboard) -> list[dict]:
     """One row per compared pair and metric: the primary test's verdict, and how many single seeds McNemar
     separates, so a reader sees both the across-seed and the per-image evidence."""
-    pairs = board.pairwise
-    if pairs.empty:
-        return []
-    keys = ["preset", "attack", "metric", "defense_a", "defense_b"]
-    per_image = pairs[pairs["test"] == "mcnemar"].groupby(keys)["verdict"]
-    separated = per_image.apply(lambda verdicts: int((verdicts != "not separable").sum()))
-    tested = per_image.size()
     rows = []
-    for row in primary(pairs).sort_values(keys).to_dict("records"):
-        key = tuple(row[name] for name in keys)
-        mcnemar = f"{separated[key]} of {tested[key]} seeds" if key in tested.index else "—"
+    for row in verdicts(board.pairwise).to_dict("records"):
+        mcnemar = f"{row['mcnemar_separated']} of {row['mcnemar_seeds']} seeds" if row["mcnemar_seeds"] else "—"
         rows.append({**_pair_row(row), "mcnemar": mcnemar})
     return rows
 
@@ -165,5 +160,4 @@ def _pair_row(row: dict) -> dict:
             "diff": "—" if math.isnan(row["diff"]) else f"{row['diff']:+.3f}", "diff_sort": sort_key(row["diff"]),
             "ci": interval, "p": number(row["p_value"], 4), "p_sort": sort_key(row["p_value"]),
             "verdict": row["verdict"], "separable": row["verdict"] != "not separable",
-            "seeds_needed": seeds_text(row["seeds_needed"]),
-            "seeds_needed_sort": "1e12" if row["seeds_needed"] == math.inf else sort_key(row["seeds_needed"])}
+            "seeds_needed": seeds_text(row["seeds_needed"]), "seeds_needed_sort": sort_key(row["seeds_needed"])}

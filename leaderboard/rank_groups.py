@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.predictions import Predictions
-from leaderboard.compare import PAIRWISE_COLUMNS, compare_paired
+from leaderboard.compare import PAIRWISE_COLUMNS, compare_paired, primary
 
 METRIC = "worst_asr"
 
@@ -50,13 +50,6 @@ def rank_pairs(ranking: pd.DataFrame, per_seed: pd.DataFrame, took: dict[str, li
             base = {"preset": preset, "attack": "", "metric": METRIC, "defense_a": name_a, "defense_b": name_b}
             rows += compare_paired(base, a, b, seeds, METRIC, predictions)
     return pd.DataFrame(rows, columns=PAIRWISE_COLUMNS)
-
-
-def primary(pairs: pd.DataFrame) -> pd.DataFrame:
-    """One verdict per pair: the paired t over seeds where there is one, else the single seed's McNemar."""
-    order = pairs.assign(_order=(pairs["test"] != "paired_t").astype(int))
-    keys = ["preset", "attack", "metric", "defense_a", "defense_b"]
-    return order.sort_values(keys + ["_order"]).drop_duplicates(keys).drop(columns="_order")
 
 
 def rank_group_labels(ranking: pd.DataFrame, pairs: pd.DataFrame) -> pd.Series:

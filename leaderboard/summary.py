@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
 
 from leaderboard.aggregate import Leaderboard
+from leaderboard.html import number
 from leaderboard.rank_groups import inseparable, seeds_text
-
-
-def _fmt(value: float) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{round(value, 3) + 0.0:.3f}"  # + 0.0: a tiny negative rounds to 0.000, not -0.000
 
 
 def print_summary(board: Leaderboard) -> None:
@@ -29,7 +23,7 @@ def print_summary(board: Leaderboard) -> None:
     for row in board.cells.itertuples():
         style = "red" if row.status == "failed" else ("dim" if not pd.isna(row.took) and not row.took else None)
         table.add_row(escape(row.preset), escape(row.attack), escape(row.defense), str(row.n_seeds),
-                      _fmt(row.ca_mean), _fmt(row.asr_mean), _fmt(row.delta_asr_mean), _fmt(row.der_mean),
+                      number(row.ca_mean), number(row.asr_mean), number(row.delta_asr_mean), number(row.der_mean),
                       str(row.n_failed), escape(row.note), style=style)
     console.print(table)
     ranking = Table(title=f"defense ranking (CA cost within {board.max_ca_cost:g}; then worst-case ASR over "
@@ -38,8 +32,8 @@ def print_summary(board: Leaderboard) -> None:
         ranking.add_column(column)
     for row in board.ranking.itertuples():
         rank = "—" if pd.isna(row.rank) else str(row.rank)
-        ranking.add_row(escape(row.preset), rank, row.rank_group or "—", escape(row.defense), _fmt(row.worst_asr),
-                        _fmt(row.mean_ca), _fmt(row.max_ca_cost), "front" if row.pareto else "",
+        ranking.add_row(escape(row.preset), rank, row.rank_group or "—", escape(row.defense), number(row.worst_asr),
+                        number(row.mean_ca), number(row.max_ca_cost), "front" if row.pareto else "",
                         escape(row.note), style=None if row.ranked else "dim")
     console.print(ranking)
     pairs = inseparable(board.pairwise)

@@ -202,3 +202,10 @@ def test_a_predictions_file_that_does_not_match_its_row_is_ignored_with_a_warnin
 
     with pytest.warns(UserWarning, match="does not match its row"):
         assert load_cell_predictions(load_results([write_results(tmp_path / "results.csv", rows)])) == {}
+
+
+def test_a_near_chance_cell_keeps_its_flag_beside_a_note_on_failed_seeds(tmp_path):
+    rows = _rows(WRECKED, n_classes=10)
+    rows[-1] = make_row("badnet", "wreck", 2, None, status="failed", reason="defense: RuntimeError: boom")
+    note = _board(tmp_path, rows).cells.set_index(["attack", "defense"]).loc[("badnet", "wreck"), "note"]
+    assert note.startswith("ASR meaningless: CA 0.100 is near chance (0.100); 1 of 3 seeds failed")
