@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmark.storage import atomic_path
+
 FILENAME = "predictions.npz"
 FORMAT_VERSION = 1
 MAX_FILE_BYTES = 64 << 20  # a 1M-image test set takes ~4 MB; anything far larger is not a predictions file
@@ -62,8 +64,6 @@ class Predictions:
 
     def save(self, path: Path) -> None:
         """Write the ``.npz`` atomically (a kill leaves the old file or none, never a torn one)."""
-        from benchmark.storage import atomic_path
-
         with atomic_path(Path(path)) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(handle, format=np.int64(FORMAT_VERSION), n_classes=np.int64(self.n_classes),
                                 target=np.int64(self.target), clean_label=self.clean_label.astype(np.int16),

@@ -208,8 +208,9 @@ def rank_defenses(cells: pd.DataFrame, max_ca_cost: float = DEFAULT_MAX_CA_COST)
     """One row per (preset, defense): worst-case ASR over the attacks that took, mean CA there, CA cost, whether
     it stays useful (the ranking rule in this module's docstring), the Pareto front, rank."""
     rows = []
+    took_in = {preset: _took(cells, preset) for preset in cells["preset"].unique()}
     for (preset, defense), group in cells.groupby(["preset", "defense"], sort=True):
-        took = _took(cells, preset)
+        took = took_in[preset]
         ok = group[group["status"] == "ok"].set_index("attack")
         missing = [attack for attack in took if attack not in ok.index]
         control = ok.loc[[BENIGN_ATTACK]] if BENIGN_ATTACK in ok.index else ok.iloc[:0]
