@@ -13,7 +13,7 @@ from typing import Any
 from benchmark.config import build_config, check_range
 from benchmark.errors import UserError, did_you_mean
 from benchmark.registry import check_name
-from benchmark.training_recipe import TrainRecipe
+from benchmark.training_recipe import TrainRecipe, VictimRecipe
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -148,7 +148,7 @@ class Preset:
     data: DataSpec
     model: ModelSpec
     text: TextSpec
-    victim: TrainRecipe
+    victim: VictimRecipe
     finetune: TrainRecipe
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -176,11 +176,43 @@ def load_preset(name_or_path: str) -> Preset:
         path = presets[name_or_path]
     if not path.is_file():
         raise UserError(f"preset file {path} does not exist")
+    return parse_preset(read_preset_table(path), source=str(path))
+
+
+def read_preset_table(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A preset file's table, with ``extends = "NAME"|"file.toml"`` resolved: the named preset's table with this
+    file's tables merged over it key by key (a preset that changes one setting of another is a few lines)."""
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"preset file {path} is not valid TOML: {error}") from None
-    return parse_preset(raw, source=str(path))
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise UserError(f"extends in {path}: expected a preset name or a .toml path, got {base_name!r}")
+    base_path = Path(base_name)
+    if base_path.suffix == ".toml":
+        base_path = base_path if base_path.is_absolute() else path.parent / base_path
+    else:
+        presets = builtin_presets()
+        if base_name not in presets:
+            raise UserError(f"extends in {path}: unknown preset '{base_name}'.{did_you_mean(base_name, presets)} "
+                            f"Available: {', '.join(presets)}.")
+        base_path = presets[base_name]
+    if base_path.resolve() in _seen or base_path.resolve() == path.resolve():
+        raise UserError(f"extends in {path}: presets extend each other in a circle ({base_path})")
+    if not base_path.is_file():
+        raise UserError(f"extends in {path}: preset file {base_path} does not exist")
+    return _merged(read_preset_table(base_path, (*_seen, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``override`` merged in: tables merge key by key, any other value replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
@@ -198,7 +230,7 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         data=build_config(DataSpec, raw.get("data"), "data"),
         model=build_config(ModelSpec, raw.get("model"), "model"),
         text=build_config(TextSpec, raw.get("text"), "text"),
-        victim=build_config(TrainRecipe, raw.get("victim"), "victim"),
+        victim=build_config(VictimRecipe, raw.get("victim"), "victim"),
         finetune=build_config(TrainRecipe, raw.get("finetune"), "finetune"),
         attacks={k: dict(v) for k, v in raw.get("attacks", {}).items()},
         defenses={k: dict(v) for k, v in raw.get("defenses", {}).items()},

@@ -33,6 +33,9 @@ defense_recipe        the finetuning recipe the defense trained with (the preset
                       defense's overrides) and ``tuning``: how those hyperparameters were chosen (the preset's
                       ``[tuning]`` note, or ``fixed in the preset``); empty for defenses that do not train
 model                 open_clip architecture of the victim
+victim_objective      the objective the victim was trained with (the preset's ``[victim] objective``): ``clip``,
+                      or ``clip+ssl`` (with ``(ssl_weight W)`` when W is not 1); ``clip`` in rows upgraded from
+                      schema version 3 or older, which only had CLIP-trained victims
 victim_key            cache key of the victim the defense was applied to
 cleanbench_version    package version that produced the row
 git_commit            commit of the cleanbench checkout, if any
@@ -61,16 +64,18 @@ RESULTS_FILE = "results.csv"  # in a run's output folder
 GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` draws beside it; the page embeds it
 BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
-# ``defense_recipe`` and ``n_classes``, version 2 lacked ``n_classes``. Such files are read as the current version
-# (the leaderboard) and, when a run resumes into one, rewritten as it.
-UPGRADABLE = {1: {"defense_recipe": "", "n_classes": ""}, 2: {"n_classes": ""}}
+# ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``. Such files are read as the
+# current version (the leaderboard) and, when a run resumes into one, rewritten as it.
+UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", "victim_objective": "clip"},
+              2: {"n_classes": "", "victim_objective": "clip"},
+              3: {"victim_objective": "clip"}}
 COLUMNS = [
     "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
-    "model", "victim_key", "cleanbench_version", "git_commit", "device",
+    "model", "victim_objective", "victim_key", "cleanbench_version", "git_commit", "device",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at",
 ]
 METRIC_COLUMNS = ["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered"]

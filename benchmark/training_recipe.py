@@ -1,10 +1,12 @@
-"""The hyperparameters of one contrastive training run (victim training or a finetuning defense)."""
+"""The hyperparameters of one contrastive training run (victim training or a finetuning defense), and the
+victim's objective."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from benchmark.config import check_range
+from benchmark.config import check_range, config_dict
+from benchmark.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -35,3 +37,41 @@ class TrainRecipe:
         check_range("beta2", self.beta2, 0.0, 1.0, high_inclusive=False)
         check_range("eps", self.eps, 0.0, 1.0, low_inclusive=False)
         check_range("grad_clip_norm", self.grad_clip_norm, 0.0, None)
+
+
+VICTIM_OBJECTIVES = ("clip", "clip+ssl")
+
+
+@dataclass(frozen=True)
+class VictimRecipe(TrainRecipe):
+    """The victim's training run: the recipe, and the objective it is trained with (issue 15's axis).
+
+    ``objective = "clip"`` is the CLIP loss the CleanCLIP paper's victims are trained with. ``"clip+ssl"`` adds
+    CleanCLIP's in-modal self-supervised term during training, weighted by ``ssl_weight``: Verma et al.
+    (arXiv 2311.14948) found that CleanCLIP no longer removes a backdoor from a victim pretrained this way.
+    """
+
+    objective: str = "clip"
+    ssl_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.objective not in VICTIM_OBJECTIVES:
+            raise UserError(f"victim.objective = {self.objective!r} is not one of {', '.join(VICTIM_OBJECTIVES)}")
+        check_range("ssl_weight", self.ssl_weight, 0.0, 1_000.0, low_inclusive=False)
+
+    def key_config(self) -> dict:
+        """The settings that determine the victim, for its cache key. A ``clip`` victim's key leaves the objective
+        out (``ssl_weight`` does not apply to it), so victims cached before the axis existed keep their keys."""
+        values = config_dict(self)
+        if self.objective == "clip":
+            values.pop("objective")
+            values.pop("ssl_weight")
+        return values
+
+    @property
+    def label(self) -> str:
+        """The objective as rows and pages show it: ``clip``, or ``clip+ssl`` with its weight when not 1."""
+        if self.objective == "clip" or self.ssl_weight == 1.0:
+            return self.objective
+        return f"{self.objective} (ssl_weight {self.ssl_weight:g})"

@@ -124,7 +124,8 @@ def _describe_grid(plan: Plan) -> list[str]:
         f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims)} victims to train",
         f"victim training: {preset.data.train_pairs:,} pairs / batch {preset.victim.batch_size} × "
         f"{preset.victim.epochs} epochs = {victim_steps:,} steps per victim, "
-        f"{victim_steps * len(plan.victims):,} in all",
+        f"{victim_steps * len(plan.victims):,} in all; objective {preset.victim.label}"
+        + (" (two views of every pair per step: about twice a clip step)" if preset.victim.objective != "clip" else ""),
     ]
     defense_steps = 0
     for name in defenses:

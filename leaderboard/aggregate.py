@@ -3,7 +3,9 @@
 ``leaderboard.csv`` has one row per (preset, attack, defense); metrics are fractions in [0, 1], times seconds.
 
 =======================  ===================================================================================
-preset, attack, defense  the cell; attack ``none`` is the benign control (a victim trained on clean pairs)
+preset, attack, defense  the cell; attack ``none`` is the benign control (a victim trained on clean pairs). The
+                         preset is followed by the victim's objective when that is not ``clip``
+                         (``fmnist-tiny [clip+ssl victim]``): such victims are ranked apart
 status                   ``ok`` if at least one seed succeeded, ``failed`` if none did
 n_seeds, seeds           number and list (``0;1;2``) of successful seeds, the only ones averaged
 n_failed                 number of failed seeds (shown, never averaged)

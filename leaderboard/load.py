@@ -52,8 +52,18 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     _check_versions(raws)
     table = pd.concat([_typed(path, raw) for path, raw in raws], ignore_index=True)
     table = table.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
+    table["preset"] = setting_names(table)
     _check_conflicts(table)
     return table
+
+
+def setting_names(table: pd.DataFrame) -> pd.Series:
+    """The setting each row belongs to: its preset, followed by the victim's objective when that is not plain
+    ``clip`` (``fmnist-tiny [clip+ssl victim]``). Victims trained with different objectives are different
+    settings, so everything downstream (means, ranks, comparisons) keeps them apart."""
+    objective = table["victim_objective"].astype(str)
+    other = ~objective.isin(["clip", ""])
+    return table["preset"].where(~other, table["preset"] + " [" + objective + " victim]")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:

@@ -61,13 +61,13 @@ def has_trigger(images: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def streamed_run(data_dir, tmp_path_factory):
     """badnet × {none, finetune, cleanclip, supervised}, seed 0, on streamed splits; the victims' batches recorded."""
-    import benchmark.runner.execute as execute
+    import benchmark.victim_training as victim_training
     from benchmark.training import clip_loss
 
     preset = preset_for(data_dir, STREAMED)
     plan = plan_grid(preset, ["badnet"], ["none", "finetune", "cleanclip", "supervised"], [0])
     seen: dict[str, list] = {}
-    real_train = execute.train
+    real_train = victim_training.train
 
     def spying_train(model, batches, recipe, **options):
         record = seen.setdefault(options.get("description", ""), [])
@@ -80,7 +80,7 @@ def streamed_run(data_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("streamed-run")
     patch = pytest.MonkeyPatch()
-    patch.setattr(execute, "train", spying_train)
+    patch.setattr(victim_training, "train", spying_train)
     try:
         summary = run_plan(plan, out, CPU)
     finally:

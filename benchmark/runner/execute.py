@@ -23,7 +23,6 @@ from torch import nn
 from attacks import ATTACKS
 from attacks.base import AttackContext, PoisonTarget
 from benchmark.checkpoints import read_state_dict, save_state_dict
-from benchmark.data.batches import Normalizer, pair_batches
 from benchmark.distributed import world
 from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate_with_predictions
@@ -37,7 +36,7 @@ from benchmark.runner.record import RunSummary, cell_label, cell_row, record_fai
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
 from benchmark.task import Task, build_task
-from benchmark.training import train
+from benchmark.victim_training import train_victim
 from defenses import DEFENSES
 from defenses.base import DefenseContext
 
@@ -144,12 +143,10 @@ class GroupRun:
 
         model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
         model.to(device)
-        tokenizer = tokenizer_for(preset.model.name)
-        generator = torch.Generator().manual_seed(derive_seed(spec.seed, "victim-batches"))
-        batches = pair_batches(pairs, tokenizer, Normalizer(model), preset.victim.batch_size, generator, device)
-        stats = train(model, batches, preset.victim, reporter=reporter,
-                      description=f"victim {spec.attack} s{spec.seed}")
+        stats = train_victim(model, pairs, preset.victim, tokenizer_for(preset.model.name), spec.seed, device,
+                             reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
         meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
+                "objective": preset.victim.label,
                 "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
                 "images_per_second": stats.images_per_second, "device": str(device), "processes": world().size}
         if world().is_main:

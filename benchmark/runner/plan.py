@@ -140,7 +140,7 @@ def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) ->
         config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
         version, count = cls.version, poison_count(poison, preset.data.train_pairs, attack)
     key = content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
-                      config_dict(preset.model), config_dict(preset.victim), attack, version, config, count, seed)
+                      config_dict(preset.model), preset.victim.key_config(), attack, version, config, count, seed)
     return VictimSpec(attack, seed, version, settings, config, count, key)
 
 

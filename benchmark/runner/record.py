@@ -59,7 +59,7 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
         "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
-        "model": preset.model.name, "victim_key": victim.key, "cleanbench_version": __version__,
+        "model": preset.model.name, "victim_objective": preset.victim.label, "victim_key": victim.key, "cleanbench_version": __version__,
         "git_commit": git_commit(), "device": str(device),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
