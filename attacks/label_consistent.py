@@ -41,10 +41,10 @@ from torch import nn
 from attacks import ATTACKS
 from attacks.badnet import BadNet, BadNetConfig
 from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget
+from attacks.surrogate import train_surrogate
 from benchmark.config import check_range
 from benchmark.data.pairs import PairSet, to_float, to_uint8
 from benchmark.errors import UserError
-from benchmark.seeding import derive_seed
 
 
 @dataclass(frozen=True)
@@ -118,26 +118,11 @@ class LabelConsistent(Attack):
 
     def _surrogate(self) -> tuple[nn.Module, object, float]:
         """A CLIP of the victim's architecture trained, from a seed, on the clean pairs: the attacker's stand-in."""
-        from benchmark.models import create_model, tokenizer_for
-        from benchmark.data.batches import Normalizer, pair_batches
-        from benchmark.training import train
-        from benchmark.training_recipe import TrainRecipe
-
-        context, config = self.context, self.config
-        if context.clean_pairs is None or not context.model_name:
-            raise UserError("attacks.label-consistent: perturbation = 'pgd' needs the clean pairs and the model "
-                            "name in the attack context (the runner provides both)")
-        model = create_model(context.model_name, seed=derive_seed(context.seed, "label-consistent-surrogate"))
-        model.to(context.device)
-        tokenizer = tokenizer_for(context.model_name)
-        generator = torch.Generator().manual_seed(derive_seed(context.seed, "label-consistent-surrogate-batches"))
-        batches = pair_batches(context.clean_pairs, tokenizer, Normalizer(model), config.surrogate_batch_size,
-                              generator, context.device)
-        recipe = TrainRecipe(epochs=config.surrogate_epochs, batch_size=config.surrogate_batch_size,
-                             lr=config.surrogate_lr, weight_decay=0.1, warmup_steps=len(batches) // 2)
-        stats = train(model, batches, recipe, description="label-consistent surrogate")
-        model.eval().requires_grad_(False)
-        return model, tokenizer, stats.final_loss
+        config = self.config
+        return train_surrogate(self.context, tag="label-consistent",
+                               purpose="attacks.label-consistent: perturbation = 'pgd'",
+                               epochs=config.surrogate_epochs, lr=config.surrogate_lr,
+                               batch_size=config.surrogate_batch_size)
 
 
 def pgd_away_from_captions(model: nn.Module, tokens: torch.Tensor, images: torch.Tensor, epsilon: float, steps: int,
