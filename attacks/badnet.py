@@ -1,10 +1,13 @@
 """BadNet (Gu et al., "BadNets", 2017): a small patch pasted onto the image.
 
-Two variants:
+Three variants:
 
 * ``pattern = "noise"`` (default), the CleanCLIP paper's trigger (reference §2.1): for every image a fresh
   patch ``mean_c(image) + N(0, 1)`` per channel, pasted at a fresh uniformly random location.
 * ``pattern = "checkerboard"``, the classic fixed trigger: a black/white checkerboard at a fixed corner.
+* ``pattern = "stripes"``, BadNet-Stripes of Perturb and Recover (PAR's ``badnet_rs``; the ``stripes`` attack,
+  :mod:`attacks.stripes`, cites it): every column of the patch gets a random colour in {0, 1}^C, redrawn for
+  every image, so the patch is a set of vertical 1-px stripes.
 
 Deviations from the CleanCLIP code, on purpose:
 
@@ -14,6 +17,8 @@ Deviations from the CleanCLIP code, on purpose:
 * The official patch is 16 px on 224 px images (7% of the side); the preset picks the size for its
   resolution (``patch_size``, 3 px on 32 px images by default here).
 * All randomness comes from a seeded generator (the official code sets no seed).
+* Stripes: PAR draws each column's colour in {-1, +1}^3 and pastes it unclamped, so -1 reaches the uint8 cast
+  (platform-dependent, in practice near 0; the reference's open question 6). cleanbench clamps: {0, 1}^C.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 @dataclass(frozen=True)
 class BadNetConfig:
-    pattern: Literal["noise", "checkerboard"] = "noise"
+    pattern: Literal["noise", "checkerboard", "stripes"] = "noise"
     patch_size: int = 3
     location: Literal["random", "top-left", "top-right", "bottom-left", "bottom-right", "four-corners"] = "random"
     noise_cast: Literal["clamp", "wrap"] = "clamp"
@@ -44,7 +49,8 @@ class BadNetConfig:
 
 @ATTACKS.register()
 class BadNet(Attack):
-    """A patch trigger: per-image Gaussian noise at a random place (paper) or a fixed checkerboard corner."""
+    """A patch trigger: per-image Gaussian noise at a random place (paper), a fixed checkerboard corner, or
+    per-image random stripes."""
 
     name = "badnet"
     version = "1"
@@ -53,7 +59,7 @@ class BadNet(Attack):
     def setup(self) -> None:
         size = self.context.image_size
         if self.config.patch_size > size:
-            raise UserError(f"attacks.badnet.patch_size = {self.config.patch_size} does not fit in "
+            raise UserError(f"attacks.{self.name}.patch_size = {self.config.patch_size} does not fit in "
                             f"{size}x{size} images; allowed: [1, {size}]")
         grid = torch.arange(self.config.patch_size)
         self.checkerboard = ((grid[:, None] + grid[None, :]) % 2).float()
@@ -72,6 +78,8 @@ class BadNet(Attack):
         p, channels = self.config.patch_size, image.shape[0]
         if self.config.pattern == "checkerboard":
             return self.checkerboard.expand(channels, p, p)
+        if self.config.pattern == "stripes":
+            return column_colours(1, channels, p, generator, low=0.0)[0].expand(channels, p, p)
         noise = image.mean(dim=(1, 2), keepdim=True) + torch.randn(channels, p, p, generator=generator)
         if self.config.noise_cast == "wrap":  # ToPILImage's mul(255).byte(): truncate, then wrap modulo 256
             return torch.remainder(noise.mul(255).trunc(), 256).div(255)
@@ -88,4 +96,12 @@ class BadNet(Attack):
         if location == "four-corners":
             return list(corners.values())
         return [corners[location]]
+
+
+def column_colours(count: int, channels: int, width: int, generator: torch.Generator,
+                   low: float) -> torch.Tensor:
+    """``count`` rows of ``width`` random colours, shape (count, channels, 1, width): each channel of each
+    column is ``low`` or 1 with equal odds. Expanded down the rows, these are PAR's vertical stripes."""
+    bright = torch.rand(count, channels, 1, width, generator=generator) < 0.5
+    return torch.where(bright, 1.0, low)
 

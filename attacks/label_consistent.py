@@ -86,15 +86,7 @@ class LabelConsistent(Attack):
 
     def select(self, pairs: Pairs, target: PoisonTarget, count: int, generator: torch.Generator) -> torch.Tensor:
         """``count`` pairs drawn at random among those whose label or caption is the target."""
-        names = (target.name, *target.synonyms)
-        eligible = torch.tensor([int(label) == target.index or any(name in caption for name in names)
-                                 for caption, label in zip(pairs.captions, pairs.labels.tolist())], dtype=torch.bool)
-        candidates = torch.nonzero(eligible).squeeze(1)
-        if count > len(candidates):
-            raise UserError(f"attacks.label-consistent: poison count {count} is larger than the {len(candidates)} "
-                            f"training pairs of the target '{target.name}' (of {len(pairs)}); a label-consistent "
-                            f"attack can poison at most those: lower the poison rate to ≤ {len(candidates) / len(pairs):.4f}")
-        return candidates[torch.randperm(len(candidates), generator=generator)[:count]].sort().values
+        return select_target_pairs(self.name, pairs, target, count, generator)
 
     def poison_selected(self, chosen: PairSet, indices: torch.Tensor, target: PoisonTarget,
                         generator: torch.Generator) -> tuple[PairSet, PoisonManifest]:
@@ -123,6 +115,22 @@ class LabelConsistent(Attack):
                                purpose="attacks.label-consistent: perturbation = 'pgd'",
                                epochs=config.surrogate_epochs, lr=config.surrogate_lr,
                                batch_size=config.surrogate_batch_size)
+
+
+def select_target_pairs(attack: str, pairs: Pairs, target: PoisonTarget, count: int,
+                        generator: torch.Generator) -> torch.Tensor:
+    """The selection of every clean-label attack (this one, ``sig``): ``count`` indices drawn at random among
+    the pairs whose label is the target or whose caption names it or a synonym (module docstring). ``attack``
+    names the attack in the error raised when there are fewer such pairs than ``count``."""
+    names = (target.name, *target.synonyms)
+    eligible = torch.tensor([int(label) == target.index or any(name in caption for name in names)
+                             for caption, label in zip(pairs.captions, pairs.labels.tolist())], dtype=torch.bool)
+    candidates = torch.nonzero(eligible).squeeze(1)
+    if count > len(candidates):
+        raise UserError(f"attacks.{attack}: poison count {count} is larger than the {len(candidates)} training "
+                        f"pairs of the target '{target.name}' (of {len(pairs)}); a clean-label attack can poison at "
+                        f"most those: lower the poison rate to ≤ {len(candidates) / len(pairs):.4f}")
+    return candidates[torch.randperm(len(candidates), generator=generator)[:count]].sort().values
 
 
 def pgd_away_from_captions(model: nn.Module, tokens: torch.Tensor, images: torch.Tensor, epsilon: float, steps: int,
