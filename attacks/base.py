@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -52,13 +53,21 @@ class PoisonManifest:
 
 @dataclass
 class AttackContext:
-    """What an attack may use besides the pairs it poisons (e.g. a surrogate model trained on clean data)."""
+    """What an attack may use besides the pairs it poisons (e.g. a surrogate model trained on clean data).
+
+    The runner fills every field. An attack that derives something costly from them (BadCLIP's optimised patch)
+    stores it under ``cache_dir``, keyed with ``clean_data_key`` (what the clean pairs are), so that poisoning,
+    every cell's evaluation and the gallery share one result; ``cache_dir`` None keeps it in memory only.
+    """
 
     image_size: int
     seed: int
     device: torch.device
     clean_pairs: Pairs | None = None
     model_name: str = ""  # the victim's open_clip architecture, for attacks that train a surrogate of it
+    target: PoisonTarget | None = None  # the class the backdoor maps to, for a trigger optimised towards it
+    cache_dir: Path | None = None  # the run's cache of attack artifacts (``<out>/cache/attacks``)
+    clean_data_key: str = ""  # a content key of the clean pairs (data and text settings); "" when unknown
 
 
 class Attack(ABC):
