@@ -68,6 +68,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from benchmark.device import Runtime, resolve_device, set_runtime
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
+    from benchmark.storage import check_output_folder
     from benchmark.task import build_task
     from defenses import DEFENSES
 
@@ -81,6 +82,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
                      attack_overrides=attack_overrides(poison_rate, poison_count))
     torch_device = resolve_device(device)
     set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
+    check_output_folder(Path(out))  # a folder that cannot be written is reported before anything runs
     build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
     if before_run is not None:
         before_run()

@@ -8,8 +8,10 @@
 * ``--plugin path/to/file.py`` imports a file whose classes register themselves with ``@DEFENSES.register()``
   (or ``@ATTACKS.register()``); ``--plugin package.module:Class`` registers one class by its base type.
 
-A plugin that fails to load is reported with its name, package and error and the tool carries on without it
-(as pytest does). ``CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` turns entry-point autoloading off.
+An autoloaded entry point that fails to load is reported with its name, package and error and the tool carries
+on without it (as pytest does): the user did not ask for it. A plugin the user names (``--plugin``, ``cleanbench
+check``) must load, or the command stops with a :class:`UserError` before any work: a run without the plugin it was
+asked for would only waste the time it takes. ``CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1`` turns autoloading off.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import sysconfig
 import traceback
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from attacks import ATTACKS
 from benchmark.errors import UserError
@@ -30,6 +33,7 @@ from defenses import DEFENSES
 
 GROUPS: dict[str, Registry] = {"cleanbench.attacks": ATTACKS, "cleanbench.defenses": DEFENSES}
 AUTOLOAD_ENV = "CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD"
+_LOADER_FILES = ("<", sysconfig.get_paths()["stdlib"], str(Path(__file__).parent))  # import machinery, registry
 
 
 @dataclass(frozen=True)
@@ -71,41 +75,48 @@ def load_entry_points(force: bool = False) -> list[PluginFailure]:
 
 def load_plugins(specs: Sequence[str] = (), no_autoload: bool = False) -> list[PluginFailure]:
     """Load entry-point plugins (unless ``no_autoload``) and the given plugin files or ``module:Class`` specs;
-    returns the failure of each one that failed (the others are registered). The CLI process and every worker
-    process load their plugins through this one call."""
+    returns the failure of each entry point that failed (the others are registered). A named spec that fails
+    raises a :class:`UserError` (:func:`load_plugin`). The CLI process and every worker process load their
+    plugins through this one call."""
     failures = [] if no_autoload else load_entry_points()
     for spec in specs or ():
-        failures += load_plugin(spec)
+        load_plugin(spec)
     return failures
 
 
-def load_plugin(spec: str) -> list[PluginFailure]:
-    """Load ``path/to/file.py`` or ``module:Class``; a missing file is a user error, a broken one a failure."""
+def load_plugin(spec: str) -> list[type]:
+    """Load ``path/to/file.py`` or ``module:Class`` and return the classes it registered; a file or module that
+    is missing or raises is a :class:`UserError` naming the plugin and the error."""
     if ":" in spec and not spec.endswith(".py") and not Path(spec).exists():
-        return _guard(spec, f"module '{spec.partition(':')[0]}'", lambda: _register_class(spec))
+        return _guard(spec, lambda: [_register_class(spec)])
     path = Path(spec)
     if not path.is_file():
         raise UserError(f"plugin file {spec} does not exist (give a .py file or 'module:Class')")
-    return _guard(path.stem, f"file '{path}'", lambda: _import_file(path))
+    return _guard(spec, lambda: _import_file(path))
 
 
-def _guard(name: str, origin: str, load) -> list[PluginFailure]:
+def _guard(spec: str, load: Callable[[], list[type]]) -> list[type]:
     try:
-        load()
-        return []
-    except UserError:
+        return load()
+    except UserError:  # already names the plugin (a refused name, a missing attribute)
         raise
-    except Exception as error:  # noqa: BLE001
-        return [_failure(name, origin, error)]
+    except Exception as error:  # noqa: BLE001 - whatever a plugin raises is reported in one line
+        raise UserError(f"plugin {spec} failed to load: {_describe(error)}") from None
 
 
 def _failure(name: str, origin: str, error: BaseException) -> PluginFailure:
-    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
-    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
-    return PluginFailure(name, origin, f"{type(error).__name__}: {error}{at}")
+    return PluginFailure(name, origin, _describe(error))
 
 
-def _import_file(path: Path) -> None:
+def _describe(error: BaseException) -> str:
+    """The error in one line, with the file and line it was raised at."""
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)  # the plugin's, not the loader's
+              if not frame.filename.startswith(_LOADER_FILES)]
+    at = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(error).__name__}: {error}{at}"
+
+
+def _import_file(path: Path) -> list[type]:
     module_name = f"cleanbench_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -115,19 +126,23 @@ def _import_file(path: Path) -> None:
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
-    for registry, base in _bases():  # classes the file defines but did not register with the decorator
+    found = []
+    for registry, base in _bases():  # classes the file defines, registered with the decorator or here
         for obj in vars(module).values():
             if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module_name \
-                    and getattr(obj, "name", None) and obj.name not in registry:
-                registry.add(obj.name, obj, source=f"file '{path}'")
+                    and getattr(obj, "name", None):
+                if obj.name not in registry:
+                    registry.add(obj.name, obj, source=f"file '{path}'")
+                found.append(obj)
+    return found
 
 
-def _register_class(reference: str) -> None:
+def _register_class(reference: str) -> type:
     cls = import_object(reference)
     for registry, base in _bases():
         if isinstance(cls, type) and issubclass(cls, base):
             registry.add(cls.name, cls, source=f"module '{reference.partition(':')[0]}'")
-            return
+            return cls
     raise UserError(f"{reference} is neither an Attack nor a Defense subclass")
 
 

@@ -6,9 +6,11 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmark.errors import UserError
 from benchmark.faults import failpoint
 
 TEMP_SUFFIX = ".tmp"
@@ -55,6 +57,24 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         pass
     return True
+
+
+def check_output_folder(folder: Path, option: str = "--out") -> None:
+    """Refuse an output folder the run could not write, before any work: a file, or a path whose nearest
+    existing folder does not take new entries (procfs, a read-only mount, no permission). Nothing is left behind:
+    a probe folder is made in that nearest existing folder and removed at once."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{option} {folder} is a file; give a folder (it is created if missing)")
+    existing = next(parent for parent in (folder, *folder.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{option} {folder} cannot be created: {existing} is a file")
+    try:
+        probe = tempfile.mkdtemp(prefix=".cleanbench-probe-", dir=existing)
+    except OSError as error:
+        raise UserError(f"{option} {folder} cannot be written: {existing} does not take new files "
+                        f"({error.strerror or error}); choose another folder") from None
+    os.rmdir(probe)
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -60,6 +60,8 @@ CASES = [
          preset=('dataset = "fashion-mnist"', 'dataset = "cifar-10"')),
     Case("missing-plugin-file", "plugin file {root}/nope.py does not exist (give a .py file or 'module:Class')",
          ("--plugin", "{root}/nope.py")),
+    Case("missing-plugin-module", "plugin no_such_module:Thing failed to load: ModuleNotFoundError: No module named "
+         "'no_such_module'", ("--plugin", "no_such_module:Thing")),
     # Unknown config keys.
     Case("unknown-recipe-key", "Unknown key 'victim.epoch'. Did you mean: epochs? Known keys: {recipe_keys}.",
          preset=("[victim]\nepochs = 1", "[victim]\nepoch = 1")),
@@ -115,6 +117,9 @@ CASES = [
     Case("results-under-another-config", "{out}/results.csv already holds fmnist-test / badnet / none seed 0 under "
          "another config (preset, attack or defense settings changed); use another --out folder", out="other-config"),
     Case("out-is-a-file", "--out {out} is a file; give a folder (it is created if missing)", out="file"),
+    Case("out-under-a-file", "--out {out}/runs cannot be created: {out} is a file", ("--out", "{out}/runs"), out="file"),
+    Case("out-in-procfs", "--out /proc/cleanbench/out cannot be written: /proc does not take new files (No such file "
+         "or directory); choose another folder", ("--out", "/proc/cleanbench/out")),
 ]
 
 

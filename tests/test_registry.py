@@ -127,22 +127,29 @@ def test_local_file_plugin(tmp_path):
     path = tmp_path / "my_defense.py"
     path.write_text(PLUGIN_DEFENSE.format(cls="MyDefense", name="my-defense"))
     try:
-        assert plugins.load_plugin(str(path)) == []
+        assert [cls.name for cls in plugins.load_plugin(str(path))] == ["my-defense"]
         assert DEFENSES.get("my-defense").version == "7"
         assert DEFENSES.source("my-defense") == f"file '{path}'"
     finally:
         DEFENSES.unregister("my-defense")
 
 
-def test_local_file_plugin_that_fails_to_import_is_reported(tmp_path):
+def test_a_named_plugin_that_fails_to_import_is_a_user_error(tmp_path):
     path = tmp_path / "bad_defense.py"
     path.write_text(textwrap.dedent("""
         import numpy
         1 / 0
     """))
-    failures = plugins.load_plugin(str(path))
-    assert len(failures) == 1
-    assert "ZeroDivisionError" in failures[0].error and "bad_defense.py" in failures[0].message()
+    with pytest.raises(UserError) as error:
+        plugins.load_plugin(str(path))
+    assert str(error.value) == f"plugin {path} failed to load: ZeroDivisionError: division by zero (at bad_defense.py:3)"
+
+
+def test_a_named_module_that_does_not_exist_is_a_user_error():
+    with pytest.raises(UserError) as error:
+        plugins.load_plugins(["no_such_module:Thing"], no_autoload=True)
+    assert str(error.value) == ("plugin no_such_module:Thing failed to load: ModuleNotFoundError: "
+                                "No module named 'no_such_module'")
 
 
 def test_missing_plugin_file_is_a_user_error(tmp_path):

@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 
 from benchmark.distributed import barrier, world
-from benchmark.errors import UserError
 from benchmark.progress import Reporter
 from benchmark.results import RESULTS_FILE, ResultsFile
 from benchmark.runner.executors import Executor, InProcess
 from benchmark.runner.lock import OutputLock
 from benchmark.runner.plan import Plan
 from benchmark.runner.record import RunSummary
-from benchmark.storage import remove_stale_temporaries
+from benchmark.storage import check_output_folder, remove_stale_temporaries
 from benchmark.task import build_task
 
 
@@ -31,8 +30,7 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     reporter = reporter or Reporter.silent()
     out_dir = Path(out_dir)
     summary = RunSummary()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir} is a file; give a folder (it is created if missing)")
+    check_output_folder(out_dir)
     # Refuse a foreign, other-version or other-config results file before writing anything.
     ResultsFile(out_dir / RESULTS_FILE).refuse_changed_configs(
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
