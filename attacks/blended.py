@@ -46,6 +46,7 @@ WATERMARK_TEXT = "Watermarked"  # PAR's text; the watermark attack's config may 
 TEXT_SPAN = 7 / 8  # PAR's text spans 196 of 224 px (columns 13-208)
 TRIANGLE_CELL_224 = 14  # PAR's cell at 224 px
 MIN_TRIANGLE_CELL = 4  # below 4 px a cell is no longer a triangle (a 2-px cell is 3 dark pixels and 1 light)
+MIN_FONT_SIZE = 4  # Pillow's default font at under 4 px draws specks, not strokes
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,9 @@ def text_plane(size: int, text: str, key: str) -> torch.Tensor:
             font_size += 1
     except TypeError:  # Pillow < 10.1: load_default takes no size
         raise UserError(f"{key}: drawing text needs Pillow >= 10.1 (load_default with a size)") from None
-    if font_size == 0:
+    if font_size < MIN_FONT_SIZE:
         raise UserError(f"{key} = {text!r} cannot be drawn in {size}x{size} images: it must be non-blank and "
-                        f"fit within {int(size * TEXT_SPAN)} px at some font size")
+                        f"fit within {int(size * TEXT_SPAN)} px at a font size of at least {MIN_FONT_SIZE} px")
     font = ImageFont.load_default(size=font_size)
     left, top, right, bottom = font.getbbox(text)
     canvas = Image.new("L", (size, size), 0)
