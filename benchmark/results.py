@@ -40,6 +40,16 @@ victim_key            cache key of the victim the defense was applied to
 cleanbench_version    package version that produced the row
 git_commit            commit of the cleanbench checkout, if any
 device                device the cell ran on
+torch_threads         the number of CPU threads torch used for the cell (``verify`` reruns a CPU cell bitwise
+                      only at the same count); empty in rows upgraded from schema version 3 or older
+attack_package,       provenance of the attack (:mod:`benchmark.provenance`): the distribution that provided it
+attack_package_       (``cleanbench`` for built-ins, empty for a plugin file or a module no distribution
+version,              installs), that distribution's version, and the SHA-256 of its source files; all empty for
+attack_source_sha256  the benign control and in rows upgraded from schema version 3 or older
+defense_package,      the same for the defense
+defense_package_
+version,
+defense_source_sha256
 time_poison_s         poisoning time (of the shared victim)
 time_victim_s         victim training time (of the shared victim)
 time_defense_s        time the defense took
@@ -66,17 +76,21 @@ BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
 SCHEMA_VERSION = 4
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
-# ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``. Such files are read as the
-# current version (the leaderboard) and, when a run resumes into one, rewritten as it.
-UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", "victim_objective": "clip"},
-              2: {"n_classes": "", "victim_objective": "clip"},
-              3: {"victim_objective": "clip"}}
+# ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
+# provenance columns. Such files are read as the current version (the leaderboard) and, when a run resumes into
+# one, rewritten as it.
+PROVENANCE_COLUMNS = ["attack_package", "attack_package_version", "attack_source_sha256",
+                      "defense_package", "defense_package_version", "defense_source_sha256"]
+_ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, "")}
+UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
+              2: {"n_classes": "", **_ADDED_IN_4},
+              3: _ADDED_IN_4}
 COLUMNS = [
     "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
-    "model", "victim_objective", "victim_key", "cleanbench_version", "git_commit", "device",
-    "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at",
+    "model", "victim_objective", "victim_key", "cleanbench_version", "git_commit", "device", "torch_threads",
+    "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at", *PROVENANCE_COLUMNS,
 ]
 METRIC_COLUMNS = ["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered"]
 

@@ -20,7 +20,7 @@ from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
 from benchmark.results import BENIGN_ATTACK, COLUMNS, RESULTS_FILE, SCHEMA_VERSION, UPGRADABLE
 
-INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes")
+INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads")
 FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
 SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
 REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")

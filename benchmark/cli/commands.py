@@ -15,6 +15,7 @@ from benchmark.cli.attacks import attacks_app
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
                                    user_errors)
+from benchmark.cli.submit import submit_command, verify_command
 from benchmark.cli.validate import DataOption, validate_command
 from benchmark.errors import UserError
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
@@ -28,6 +29,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 app.add_typer(attacks_app, name="attacks")
 app.command("validate")(validate_command)
+app.command("submit")(submit_command)
+app.command("verify")(verify_command)
 
 @app.command()
 @user_errors
@@ -119,6 +122,7 @@ def list_components(
             table.add_row(name, load_preset(name).description, str(path))
     elif kind in ("attacks", "defenses"):
         from attacks import ATTACKS
+        from benchmark.provenance import origin_of
         from defenses import DEFENSES
 
         registry = ATTACKS if kind == "attacks" else DEFENSES
@@ -128,7 +132,7 @@ def list_components(
             try:
                 cls = registry.get(name)
                 summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-                table.add_row(*map(escape, (name, str(cls.version), registry.source(name), summary)))
+                table.add_row(*map(escape, (name, str(cls.version), origin_of(cls).label(), summary)))
             except Exception as error:  # noqa: BLE001 - a broken plugin is listed, not fatal
                 table.add_row(*map(escape, (name, "?", registry.source(name), f"failed to load: {error}")))
     else:

@@ -10,13 +10,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+import torch
+
+from attacks import ATTACKS
 from benchmark import __version__
 from benchmark.metrics import Metrics
 from benchmark.progress import Reporter
-from benchmark.provenance import git_commit
-from benchmark.results import SCHEMA_VERSION
+from benchmark.provenance import git_commit, origin_of
+from benchmark.results import BENIGN_ATTACK, SCHEMA_VERSION
 from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan
+from defenses import DEFENSES
 
 METRIC_FIELDS = ("ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered")
 TIMING_FIELDS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
@@ -60,13 +64,23 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
         "model": preset.model.name, "victim_objective": preset.victim.label, "victim_key": victim.key, "cleanbench_version": __version__,
-        "git_commit": git_commit(), "device": str(device),
+        "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **origin_columns(victim.attack, cell.defense),
     }
     row.update(metrics.as_row() if metrics is not None else dict.fromkeys(METRIC_FIELDS))
     for key in TIMING_FIELDS:
         row[key] = timing.get(key)
     return row
+
+
+def origin_columns(attack: str, defense: str) -> dict[str, str]:
+    """The provenance columns of a row: package, version and source hash of its attack and its defense (empty for
+    the benign control's attack, which is no code)."""
+    columns = origin_of(DEFENSES.get(defense)).columns("defense")
+    if attack == BENIGN_ATTACK:
+        return {**dict.fromkeys(("attack_package", "attack_package_version", "attack_source_sha256"), ""), **columns}
+    return {**origin_of(ATTACKS.get(attack)).columns("attack"), **columns}
 
 
 def record_failed(plan: Plan, cell: CellSpec, reason: str, results: SharedResults, summary: RunSummary,

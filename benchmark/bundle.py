@@ -1,0 +1,257 @@
+"""Result bundles: one zip file that carries a defense's results to someone who did not run them.
+
+``cleanbench submit`` writes one (:mod:`benchmark.submit`), ``cleanbench verify`` reruns some of its cells
+(:mod:`benchmark.verify`) and ``cleanbench leaderboard`` reads it as an input. A bundle holds::
+
+    manifest.json                        every other file with its size and SHA-256
+    bundle.json                          what was submitted: defense, preset, attacks, seeds, versions, sources
+    results.csv                          the defense's rows and the no-defense and benign-control rows they
+                                         are compared with
+    cache/cells/<cell_id>/predictions.npz  per-image predictions, where the run kept them
+    preset.toml                          the preset the rows were run with
+    source/<kind>/<name>/...             each attack's and the defense's source (benchmark.provenance)
+    environment/pip-freeze.txt, environment/hardware.json
+
+so an extracted bundle is laid out as a run's output folder and reads as one.
+
+A bundle comes from someone else and is untrusted: :func:`extract_bundle` refuses, before anything is
+written outside a fresh folder or run, any path that could escape it (absolute, ``..``, links, odd characters),
+more than :data:`MAX_FILES` files or :data:`MAX_TOTAL_BYTES` bytes (counted while reading, not only as
+declared), a file the manifest does not list or lists but is missing, and any hash mismatch; a source whose
+hash differs from the one its rows record is refused too. Predictions are read with ``allow_pickle=False``
+(:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that is what a rerun is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import stat
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import UserError
+from benchmark.provenance import source_hash
+from benchmark.results import RESULTS_FILE, ResultsFile
+from benchmark.storage import atomic_path
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+META = "bundle.json"
+PRESET = "preset.toml"
+SOURCE_DIR = "source"
+MAX_FILES = 2_000
+MAX_TOTAL_BYTES = 256 << 20  # predictions of a 1M-image test set take ~4 MB a cell; 256 MiB is far above need
+MAX_MANIFEST_BYTES = 4 << 20
+RECORD_SUFFIX = ".verification.json"  # `verify` writes its record beside the bundle: BUNDLE.zip.verification.json
+_SAFE_PART = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same content gives the same bundle bytes
+
+
+class BundleError(UserError):
+    """A bundle that is unsafe, damaged or altered: refused before anything in it is used or run."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """An extracted, checked bundle: its folder (laid out as a run folder), ``bundle.json`` and its file hash."""
+
+    path: Path
+    folder: Path
+    meta: dict[str, Any]
+    sha256: str
+
+    @property
+    def results(self) -> Path:
+        return self.folder / RESULTS_FILE
+
+    def source_dir(self, kind: str, name: str) -> Path:
+        return self.folder / SOURCE_DIR / kind / name
+
+
+def check_member_name(name: str) -> None:
+    """Refuse a member path that is absolute, climbs out (``..``), uses backslashes or odd characters."""
+    parts = name.split("/")
+    if not name or len(name) > 512 or not all(_SAFE_PART.fullmatch(part) for part in parts):
+        raise BundleError(f"unsafe path {name!r} in the bundle (absolute, '..', or characters other than letters, "
+                          "digits and . _ + -): refused")
+
+
+def write_bundle(path: Path, files: dict[str, bytes]) -> str:
+    """Write ``files`` (bundle path → content) and their manifest to the zip ``path``; returns its SHA-256."""
+    for name in files:
+        check_member_name(name)
+    manifest = {"format": FORMAT_VERSION,
+                "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                          for name, data in sorted(files.items())}}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name, data in [*sorted(files.items()), (MANIFEST, json.dumps(manifest, indent=1).encode())]:
+                info = zipfile.ZipInfo(name, _ZIP_DATE)
+                info.external_attr = (stat.S_IFREG | 0o644) << 16
+                archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    return file_sha256(path)
+
+
+def open_bundle(path: Path, folder: Path) -> Bundle:
+    """Check ``path`` and extract it into the new folder ``folder``; then check its sources against the hashes its
+    ``bundle.json`` and rows record. Raises :class:`BundleError` on the first problem."""
+    path = Path(path)
+    extract_bundle(path, folder)
+    meta = _read_meta(folder)
+    check_sources(folder, meta)
+    return Bundle(path, Path(folder), meta, file_sha256(path))
+
+
+def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
+    """Extract the zip ``path`` into ``folder`` (which must not exist yet), checking every member against the
+    limits and the manifest; returns the manifest."""
+    path, folder = Path(path), Path(folder)
+    if not path.is_file():
+        raise UserError(f"no bundle at {path}")
+    if not zipfile.is_zipfile(path):
+        raise BundleError(f"{path} is not a cleanbench bundle (not a zip file)")
+    with zipfile.ZipFile(path) as archive:
+        members = _checked_members(path, archive)
+        manifest = _read_manifest(path, archive, members)
+        listed = manifest["files"]
+        for name in listed:
+            if name not in members:
+                raise BundleError(f"{path}: {name} is listed in the manifest but missing from the bundle: refused")
+        for name in members:
+            if name != MANIFEST and name not in listed:
+                raise BundleError(f"{path}: {name} is not listed in the manifest: refused")
+        folder.mkdir(parents=True)  # fresh: nothing inside it can be a link planted beforehand
+        for name, expected in listed.items():
+            _extract_member(path, archive, members[name], folder, expected)
+    return manifest
+
+
+def _checked_members(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    infos = archive.infolist()
+    if len(infos) > MAX_FILES:
+        raise BundleError(f"{path}: {len(infos)} files, more than the limit of {MAX_FILES}: refused")
+    declared = sum(info.file_size for info in infos)
+    if declared > MAX_TOTAL_BYTES:
+        raise BundleError(f"{path}: {declared} bytes uncompressed, more than the limit of {MAX_TOTAL_BYTES}: refused")
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        check_member_name(info.filename)
+        mode = info.external_attr >> 16
+        if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):  # 0: written without a file type
+            raise BundleError(f"{path}: {info.filename} is not a plain file (a link or a folder entry): refused")
+        if info.flag_bits & 0x1:
+            raise BundleError(f"{path}: {info.filename} is encrypted: refused")
+        if info.filename in members:
+            raise BundleError(f"{path}: {info.filename} appears twice: refused")
+        members[info.filename] = info
+    return members
+
+
+def _read_manifest(path: Path, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict[str, Any]:
+    if MANIFEST not in members:
+        raise BundleError(f"{path}: no {MANIFEST}; not a cleanbench bundle")
+    data = _read_limited(archive, members[MANIFEST], MAX_MANIFEST_BYTES, path)
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        manifest = None
+    files = manifest.get("files") if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else None
+    if not isinstance(files, dict) or not all(
+            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+            for entry in files.values()):
+        raise BundleError(f"{path}: {MANIFEST} is not a bundle manifest of format {FORMAT_VERSION}")
+    for name in files:
+        check_member_name(name)
+    return manifest
+
+
+def _extract_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path,
+                    expected: dict[str, Any]) -> None:
+    data = _read_limited(archive, info, min(expected["bytes"], MAX_TOTAL_BYTES), path)
+    if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        raise BundleError(f"{path}: {info.filename} does not match its hash in the manifest (altered or damaged): "
+                          "refused before anything runs")
+    target = folder / info.filename
+    if not target.resolve().is_relative_to(folder.resolve()):  # cannot happen with checked names; kept as a guard
+        raise BundleError(f"{path}: {info.filename} would land outside {folder}: refused")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "xb") as handle:
+        handle.write(data)
+
+
+def _read_limited(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, path: Path) -> bytes:
+    """A member's bytes, stopping past ``limit`` (a zip may declare sizes smaller than what it inflates to)."""
+    with archive.open(info) as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise BundleError(f"{path}: {info.filename} is larger than declared or allowed ({limit} bytes): refused")
+    return data
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        meta = None
+    if not (isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION and isinstance(meta.get("defense"), str)
+            and isinstance(meta.get("components"), list) and all(isinstance(c, dict) for c in meta["components"])
+            and (folder / RESULTS_FILE).is_file() and (folder / PRESET).is_file()):
+        raise BundleError(f"the bundle's {META}, {RESULTS_FILE} or {PRESET} is missing or malformed")
+    return meta
+
+
+def check_sources(folder: Path, meta: dict[str, Any]) -> None:
+    """Each bundled source must hash to what ``bundle.json`` records, and every row must record that hash for its
+    attack and defense: a source changed after the run (even with the manifest redone) is refused here."""
+    recorded = {}
+    for component in meta["components"]:
+        kind, name, files = component.get("kind"), component.get("name"), component.get("files")
+        if kind not in ("attack", "defense") or not isinstance(name, str) or not isinstance(files, list) or not files:
+            raise BundleError(f"the bundle's {META} lists a malformed component: {str(component)[:200]}")
+        for file in (name, *files):
+            check_member_name(file)
+        root = folder / SOURCE_DIR / kind / name
+        if not all((root / file).is_file() for file in files):
+            raise BundleError(f"the bundle lacks source files of {kind} '{name}'")
+        actual = source_hash(root, files)
+        if actual != component["sha256"]:
+            raise BundleError(f"the source of {kind} '{name}' in the bundle does not match the hash recorded for it "
+                              f"(changed after the run: {actual[:12]} ≠ {component['sha256'][:12]}): refused")
+        recorded[(kind, name)] = actual
+    for row in ResultsFile(folder / RESULTS_FILE).rows.values():
+        for kind in ("attack", "defense"):
+            want = recorded.get((kind, row[kind]))
+            if want is not None and row[f"{kind}_source_sha256"] != want:
+                raise BundleError(f"row {row['cell_id']} ({row['attack']} × {row['defense']} seed {row['seed']}) "
+                                  f"records another source hash for {kind} '{row[kind]}' than the bundled source: "
+                                  "refused")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_path(bundle: Path) -> Path:
+    """Where ``verify`` writes the verification record of ``bundle``: beside it."""
+    return Path(bundle).with_name(Path(bundle).name + RECORD_SUFFIX)
+
+
+def is_verified(bundle: Bundle) -> bool:
+    """Whether a verification record beside the bundle says that ``verify`` reran cells of this very file (same
+    SHA-256) and every one matched. The record is as trustworthy as whoever ran ``verify``: rerun it to be sure."""
+    try:
+        record = json.loads(record_path(bundle.path).read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(record, dict) and record.get("bundle_sha256") == bundle.sha256 and record.get("verified") is True
+            and isinstance(record.get("cells"), list) and bool(record["cells"])
+            and all(isinstance(cell, dict) and cell.get("verified") is True for cell in record["cells"]))

@@ -1,0 +1,268 @@
+"""``cleanbench verify``: rerun chosen cells of a bundle through the normal runner and compare their metrics.
+
+The bundle is checked first (:func:`benchmark.bundle.open_bundle`: paths, limits, manifest hashes, source hashes);
+nothing runs until it passes. Then the bundled preset must plan the very cell ids the rows record, built-in
+components must be the same code here (same source hash), and plugin code is loaded from the bundle itself
+(a file as ``--plugin file.py``, a package from the bundle's copy put first on ``sys.path``), never from what
+is installed under the same name. A bundle may not bring its own code under a built-in's name (it could
+otherwise replace the no-defense reference it is measured against).
+
+The rerun goes through :func:`benchmark.api.run_grid` into a scratch folder, in this process. A cell is compared
+bitwise (every metric column, and the per-image predictions where the bundle has them) when both ran on the
+CPU with the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must agree
+within a stated absolute tolerance and the image counts exactly. Verifying runs the plugin's code: do it in a
+sandbox for code you do not trust.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from attacks import ATTACKS
+from benchmark import __version__
+from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path
+from benchmark.errors import UserError
+from benchmark.predictions import FILENAME as PREDICTIONS_FILE
+from benchmark.predictions import load_predictions
+from benchmark.provenance import git_commit, origin_of
+from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
+from benchmark.storage import write_text_atomic
+from defenses import DEFENSES
+
+DEFAULT_TOLERANCE = 0.02  # absolute, on CA, top-5 CA and ASR, where a bitwise comparison is not possible
+TOLERANCE_METRICS = ("ca", "ca_top5", "asr")
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+@dataclass(frozen=True)
+class CellCheck:
+    """One rerun cell: verified or not, and why."""
+
+    attack: str
+    defense: str
+    seed: int
+    cell_id: str
+    verified: bool
+    detail: str
+
+    def line(self) -> str:
+        label = f"{self.attack} × {self.defense} seed {self.seed}"
+        return f"{'verified' if self.verified else 'NOT verified'}: {label} ({self.detail})"
+
+
+@dataclass
+class Verification:
+    """What :func:`verify_bundle` found, cell by cell."""
+
+    bundle: Bundle
+    checks: list[CellCheck]
+    tolerance: float
+    device: str
+
+    @property
+    def verified(self) -> bool:
+        """Verified only when cells were rerun and every one matched."""
+        return bool(self.checks) and all(check.verified for check in self.checks)
+
+    def record(self) -> dict[str, Any]:
+        """The verification record written beside the bundle, bound to the bundle's SHA-256."""
+        return {"format": 1, "bundle": self.bundle.path.name, "bundle_sha256": self.bundle.sha256,
+                "defense": self.bundle.meta["defense"], "verified": self.verified, "tolerance": self.tolerance,
+                "device": self.device, "cleanbench_version": __version__, "git_commit": git_commit(),
+                "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "cells": [asdict(check) for check in self.checks]}
+
+
+def verify_bundle(path: Path, *, cells: str | None = None, device: str = "auto", data_dir: str | None = None,
+                  tolerance: float = DEFAULT_TOLERANCE, record: bool = True,
+                  log: Callable[[str], None] = print) -> Verification:
+    """Check the bundle ``path``, rerun ``cells`` (``ATTACK:SEED,...`` or ``all``; default one per attack) and
+    compare; with ``record``, write the verification record beside the bundle."""
+    if not 0.0 <= tolerance <= 1.0:
+        raise UserError(f"--tolerance {tolerance}: must be in [0, 1] (absolute, on CA and ASR)")
+    with tempfile.TemporaryDirectory(prefix="cleanbench-verify-") as scratch:
+        bundle = open_bundle(Path(path), Path(scratch) / "bundle")
+        rows = list(ResultsFile(bundle.results).rows.values())
+        defense = bundle.meta["defense"]
+        chosen = choose_cells(rows, defense, cells)
+        try:
+            _load_sources(bundle)
+            _check_plan(bundle, rows, defense, data_dir)
+            log(f"rerunning {', '.join(f'{a}:{s}' for a, s in chosen)} of {defense} (and the cells they are compared "
+                "with)")
+            checks, ran_on = _rerun(bundle, rows, defense, chosen, Path(scratch) / "rerun", device, data_dir,
+                                    tolerance)
+        finally:
+            _forget_sources(bundle)
+        result = Verification(bundle, checks, tolerance, ran_on)
+        if record:
+            write_text_atomic(record_path(bundle.path), json.dumps(result.record(), indent=1))
+    return result
+
+
+def choose_cells(rows: list[dict[str, str]], defense: str, spec: str | None) -> list[tuple[str, int]]:
+    """The (attack, seed) cells of ``defense`` to rerun: ``spec`` as ``ATTACK:SEED,...`` or ``all``; by default
+    the lowest seed of each attack (the benign control only where no attack has an ``ok`` row)."""
+    ok = sorted({(row["attack"], int(row["seed"])) for row in rows
+                 if row["defense"] == defense and row["status"] == "ok"}, key=lambda cell: (cell[1], cell[0]))
+    if not ok:
+        raise UserError(f"the bundle has no successful cell of defense '{defense}' to rerun")
+    if spec is None:
+        lowest: dict[str, int] = {}
+        for attack, seed in ok:
+            lowest.setdefault(attack, seed)
+        attacked = {attack: seed for attack, seed in lowest.items() if attack != BENIGN_ATTACK}
+        return sorted((attacked or lowest).items())
+    if spec.strip() == "all":
+        return ok
+    chosen = []
+    for part in (part.strip() for part in spec.split(",") if part.strip()):
+        attack, _, seed = part.rpartition(":")
+        if not seed.isdigit() or (attack, int(seed)) not in ok:
+            listed = ", ".join(f"{a}:{s}" for a, s in ok)
+            raise UserError(f"--cells {part!r}: not a successful cell of '{defense}' in the bundle; choose from: "
+                            f"{listed} (or 'all')")
+        chosen.append((attack, int(seed)))
+    return chosen
+
+
+def _load_sources(bundle: Bundle) -> None:
+    """Check built-ins against the code here and load the bundle's own plugin code (a plugin that fails to load
+    stops the verification: its cells could not be rerun)."""
+    from benchmark.plugins import load_plugins
+
+    specs = []
+    for component in bundle.meta["components"]:
+        kind, name, files = component["kind"], component["name"], component["files"]
+        registry = DEFENSES if kind == "defense" else ATTACKS
+        builtin = name in registry and registry.source(name) == "built-in"
+        if component.get("origin") == "built-in":
+            here = origin_of(registry.get(name)).sha256 if builtin else ""
+            if here != component["sha256"]:
+                raise UserError(f"built-in {kind} '{name}' here is not the code the bundle was made with (cleanbench "
+                                f"{component.get('version', '?')}, commit {str(bundle.meta.get('git_commit'))[:12]}); "
+                                "install that version to verify it")
+            continue
+        if builtin:
+            raise BundleError(f"the bundle brings its own code for the built-in {kind} '{name}': refused")
+        registry.unregister(name)  # the bundle's code, not what is installed under this name, is what is checked
+        root = bundle.source_dir(kind, name)
+        if component.get("origin") == "file":
+            specs.append(str(root / files[0]))
+            continue
+        module, top = str(component.get("module", "")), files[0].split("/")[0].removesuffix(".py")
+        if not _MODULE.fullmatch(module) or module.split(".")[0] != top or not _MODULE.fullmatch(component["class"]):
+            raise BundleError(f"the bundle's {kind} '{name}' names module {module!r}, not one of its files: refused")
+        _purge_modules(top)
+        sys.path.insert(0, str(root))
+        specs.append(f"{module}:{component['class']}")
+    for failure in load_plugins(specs, no_autoload=True):
+        raise UserError(failure.message().replace("and was skipped", "from the bundle"))
+
+
+def _forget_sources(bundle: Bundle) -> None:
+    """Take the bundle's folders back off ``sys.path`` (the scratch folder is about to be deleted)."""
+    for component in bundle.meta["components"]:
+        root = str(bundle.source_dir(component["kind"], component["name"]))
+        while root in sys.path:
+            sys.path.remove(root)
+
+
+def _purge_modules(top: str) -> None:
+    for name in [name for name in sys.modules if name == top or name.startswith(f"{top}.")]:
+        del sys.modules[name]
+
+
+def _check_plan(bundle: Bundle, rows: list[dict[str, str]], defense: str, data_dir: str | None) -> None:
+    """The bundled preset must plan every row's cell id (else the rerun would compare other cells)."""
+    from benchmark.submit import unplanned_rows
+
+    missing = unplanned_rows(rows, defense, bundle.folder / PRESET, bundle.meta.get("data_dir") or data_dir)
+    if missing:
+        row = missing[0]
+        raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × {row['defense']} "
+                        f"seed {row['seed']}) here: another version of an attack or defense, or another --data-dir")
+
+
+def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: list[tuple[str, int]], out: Path,
+           device: str, data_dir: str | None, tolerance: float) -> tuple[list[CellCheck], str]:
+    import torch
+
+    from benchmark.api import run_grid
+
+    threads = {row["torch_threads"] for row in rows if (row["attack"], int(row["seed"])) in chosen
+               and row["defense"] == defense and row["torch_threads"].isdigit()}
+    before = torch.get_num_threads()
+    if len(threads) == 1:
+        torch.set_num_threads(int(threads.pop()))  # a CPU cell is bitwise reproducible at its own thread count
+    try:
+        attacks = sorted({attack for attack, _ in chosen} - {BENIGN_ATTACK}) or BENIGN_ATTACK
+        grid = run_grid(attacks, [defense], sorted({seed for _, seed in chosen}), preset=str(bundle.folder / PRESET),
+                        out=out, device=device, data_dir=data_dir or bundle.meta.get("data_dir") or None,
+                        no_plugin_autoload=True, workers=1)  # in this process, with the plugins loaded above
+    finally:
+        torch.set_num_threads(before)
+    rerun = {(r["attack"], r["defense"], r["seed"]): r for r in ResultsFile(grid.results).rows.values()}
+    checks = [compare_cell(row, rerun.get((row["attack"], row["defense"], row["seed"])), bundle.folder, out, tolerance)
+              for row in rows if row["status"] == "ok" and (row["attack"], row["defense"], row["seed"]) in rerun
+              and row["defense"] in (defense, REFERENCE_DEFENSE)]
+    return checks, ", ".join(sorted({r["device"] for r in rerun.values()}))
+
+
+def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path, rerun_folder: Path,
+                 tolerance: float) -> CellCheck:
+    """Compare a bundle row with its rerun: bitwise on the CPU at the same thread count, else within
+    ``tolerance``."""
+    def check(verified: bool, detail: str) -> CellCheck:
+        return CellCheck(row["attack"], row["defense"], int(row["seed"]), row["cell_id"], verified, detail)
+
+    if rerun["status"] != "ok":
+        return check(False, f"the rerun failed: {rerun['reason']}")
+    if rerun["cell_id"] != row["cell_id"]:
+        return check(False, f"the rerun is cell {rerun['cell_id']}, not {row['cell_id']} (another config)")
+    bitwise = row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
+    if not bitwise:
+        return _within(check, row, rerun, tolerance)
+    for column in METRIC_COLUMNS:
+        if row[column] != rerun[column]:
+            return check(False, f"{column} is {row[column] or 'empty'} in the bundle, {rerun[column] or 'empty'} on "
+                                f"the rerun (bitwise on cpu, {row['torch_threads']} threads)")
+    return _same_predictions(check, row["cell_id"], bundle_folder, rerun_folder)
+
+
+def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun: dict[str, str],
+            tolerance: float) -> CellCheck:
+    for column in ("n_clean", "n_triggered"):
+        if row[column] != rerun[column]:
+            return check(False, f"{column} is {row[column]} in the bundle, {rerun[column]} on the rerun")
+    for column in TOLERANCE_METRICS:
+        if (row[column] == "") != (rerun[column] == ""):
+            return check(False, f"{column} is {row[column] or 'empty'} in the bundle, {rerun[column] or 'empty'} on "
+                                "the rerun")
+        if row[column] and abs(float(row[column]) - float(rerun[column])) > tolerance:
+            return check(False, f"{column} is {float(row[column]):.4f} in the bundle, {float(rerun[column]):.4f} on "
+                                f"the rerun: more than {tolerance:g} apart")
+    return check(True, f"within {tolerance:g}: {row['device']} ({row['torch_threads'] or '?'} threads) in the bundle, "
+                       f"{rerun['device']} ({rerun['torch_threads']} threads) on the rerun")
+
+
+def _same_predictions(check: Callable[[bool, str], CellCheck], cell_id: str, bundle_folder: Path,
+                      rerun_folder: Path) -> CellCheck:
+    ours = bundle_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE
+    if not ours.is_file():
+        return check(True, "bitwise: every metric equal; the bundle has no predictions for it")
+    mine, theirs = load_predictions(ours), load_predictions(rerun_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE)
+    for name in ("clean_label", "clean_pred", "triggered_index", "triggered_pred"):
+        if not np.array_equal(getattr(mine, name), getattr(theirs, name)):
+            return check(False, f"the per-image {name} differs from the rerun's (the metrics are equal)")
+    return check(True, f"bitwise: every metric and all {len(mine.clean_pred) + len(mine.triggered_pred)} per-image "
+                       "predictions equal")
