@@ -25,6 +25,8 @@ ci_method                ``t`` (Student t over seeds, two or more seeds) or ``wi
 time_defense_s_mean      mean wall time of the defense
 rank                     the defense's rank in its preset, on the cells it was ranked on; empty elsewhere
 rank_group               the ranks the data cannot tell apart from this one (``1–2``; :mod:`leaderboard.rank_groups`)
+evidence                 ``verified`` when every row of the cell comes from a bundle that ``cleanbench verify``
+                         checked by rerunning some of its cells (:mod:`leaderboard.bundles`), else ``self-reported``
 =======================  ===================================================================================
 
 Definitions, per seed on the same (preset, attack, seed) victim, then aggregated over seeds:
@@ -68,8 +70,9 @@ CHANCE_MARGIN = 0.05  # a mean CA less than 5 points above chance is "near chanc
 LEADERBOARD_COLUMNS = (
     KEY + ["status", "n_seeds", "seeds", "n_failed", "took", "near_chance", "ranked", "note"]
     + [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std", "ci_low", "ci_high")]
-    + ["ci_method", "time_defense_s_mean", "rank", "rank_group"]
+    + ["ci_method", "time_defense_s_mean", "rank", "rank_group", "evidence"]
 )
+VERIFIED, SELF_REPORTED = "verified", "self-reported"  # a row's ``evidence`` (leaderboard.bundles)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,8 @@ def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, max_ca_co
     if not 0.0 <= max_ca_cost <= 1.0:
         raise UserError(f"--max-ca-cost {max_ca_cost}: must be in [0, 1] (absolute CA, e.g. 0.05 for 5 points)")
     predictions = predictions or {}
+    if "evidence" not in results.columns:  # rows read without leaderboard.bundles: nobody checked them
+        results = results.assign(evidence=SELF_REPORTED)
     effects = per_seed_effects(results)
     cells = pd.DataFrame([_cell_row(key, group, effects) for key, group in results.groupby(KEY, sort=True)])
     cells = _gate(cells, threshold)
@@ -143,6 +148,11 @@ def build(results: pd.DataFrame, threshold: float = DEFAULT_THRESHOLD, max_ca_co
     return Leaderboard(cells[LEADERBOARD_COLUMNS], ranking, effects, threshold, max_ca_cost, comparisons)
 
 
+def _evidence(values: pd.Series) -> str:
+    """``verified`` only when every value is."""
+    return VERIFIED if len(values) and (values == VERIFIED).all() else SELF_REPORTED
+
+
 def _took(cells: pd.DataFrame, preset: str) -> list[str]:
     in_preset = cells[cells["preset"] == preset]
     return sorted(in_preset.loc[in_preset["took"].fillna(False).astype(bool), "attack"].unique())
@@ -156,7 +166,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
                  "status": "ok" if len(ok) else "failed", "n_seeds": len(ok),
                  "seeds": ";".join(str(seed) for seed in sorted(ok["seed"])), "n_failed": len(failed),
                  "note": "" if len(ok) else f"{len(failed)} of {len(failed)} seeds failed: {failed['reason'].iloc[0]}",
-                 "ci_method": "wilson" if len(ok) == 1 else "t"}
+                 "ci_method": "wilson" if len(ok) == 1 else "t", "evidence": _evidence(group["evidence"])}
     for metric in METRICS:
         mean, std, low, high = mean_interval(ok[metric])
         if len(ok) == 1 and metric in WILSON_METRICS:
@@ -222,7 +232,7 @@ def rank_defenses(cells: pd.DataFrame, max_ca_cost: float = DEFAULT_MAX_CA_COST)
                "max_ca_cost": float(costs.max()) if len(costs) else np.nan,
                "max_ca_cost_on": _victim_name(str(costs.idxmax())) if len(costs) else "",
                "useful": not len(costs) or bool(costs.max() <= max_ca_cost + TOLERANCE), "note": "",
-               "time_defense_s": group["time_defense_s_mean"].mean()}
+               "time_defense_s": group["time_defense_s_mean"].mean(), "evidence": _evidence(group["evidence"])}
         if not missing and took:
             asr = ok.loc[took, "asr_mean"]
             row.update(worst_asr=float(asr.max()), worst_attack=str(asr.idxmax()),

@@ -1,15 +1,18 @@
-"""Build the whole leaderboard of some results files into a folder: ``leaderboard.csv``, figures, ``index.html``.
+"""Build the whole leaderboard of some results files, run folders or bundles into a folder: ``leaderboard.csv``,
+figures, ``index.html``.
 
 The one entry point for both ``cleanbench leaderboard`` and the end of ``cleanbench run``.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from benchmark.storage import write_text_atomic
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 from leaderboard.aggregate import Leaderboard, build, write_csv, write_pairwise_csv
+from leaderboard.bundles import is_bundle, open_inputs, with_evidence
 from leaderboard.load import load_cell_predictions, load_results, resolve_results_path
 
 
@@ -23,14 +26,19 @@ def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: flo
     from leaderboard.plots import draw_all
     from leaderboard.summary import print_summary
 
-    results = load_results(paths)
-    board: Leaderboard = build(results, threshold, max_ca_cost, load_cell_predictions(results))
-    out = Path(out) if out is not None else resolve_results_path(paths[0]).parent
+    with tempfile.TemporaryDirectory(prefix="cleanbench-bundles-") as scratch:  # bundles are read extracted
+        inputs = open_inputs(paths, Path(scratch))
+        results = load_results([item.path for item in inputs])
+        predictions = load_cell_predictions(results)
+        results = with_evidence(results, inputs)
+        sources = sorted({item.label or str(resolve_results_path(item.path)) for item in inputs})
+    board: Leaderboard = build(results, threshold, max_ca_cost, predictions)
+    first = Path(paths[0])
+    out = Path(out) if out is not None else first.parent if is_bundle(first) else resolve_results_path(first).parent
     out.mkdir(parents=True, exist_ok=True)
     write_csv(board, out / "leaderboard.csv")
     write_pairwise_csv(board, out / "pairwise.csv")
     figures = draw_all(board, out)
-    sources = sorted({str(resolve_results_path(path)) for path in paths})
     index = out / "index.html"
     write_text_atomic(index, render(board, results, figures, out, sources))
     if not quiet:

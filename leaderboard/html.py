@@ -109,7 +109,7 @@ def _cell(index: int, row: dict, results: pd.DataFrame, per_seed: pd.DataFrame) 
     return {
         "id": f"cell-{index}", "preset": row["preset"], "attack": row["attack"], "defense": row["defense"],
         "status": row["status"], "seeds": row["n_seeds"], "failed": row["n_failed"], "note": row["note"],
-        "benign": benign, "greyed": greyed, "ci_method": row["ci_method"],
+        "benign": benign, "greyed": greyed, "ci_method": row["ci_method"], "evidence": row["evidence"],
         "near_chance": row["near_chance"] is not pd.NA and bool(row["near_chance"]), "per_seed": per_seed,
         "rank": number(row["rank"]), "rank_sort": sort_key(row["rank"]), "rank_group": row["rank_group"],
         "metrics": {metric: _metric(row, metric) for metric in ("ca", "asr", "delta_ca", "delta_asr", "der")},
@@ -139,7 +139,7 @@ def _ranking_row(row: dict) -> dict:
             "mean_ca": number(row["mean_ca"]), "mean_ca_sort": sort_key(row["mean_ca"]),
             "ca_cost": number(row["ca_cost"]), "ca_cost_sort": sort_key(row["ca_cost"]),
             "time": number(row["time_defense_s"], 1), "time_sort": sort_key(row["time_defense_s"]),
-            "note": row["note"]}
+            "note": row["note"], "evidence": row["evidence"]}
 
 
 def _pairs(board: Leaderboard) -> list[dict]:
