@@ -101,14 +101,14 @@ def _guard(spec: str, load: Callable[[], list[type]]) -> list[type]:
     except UserError:  # already names the plugin (a refused name, a missing attribute)
         raise
     except Exception as error:  # noqa: BLE001 - whatever a plugin raises is reported in one line
-        raise UserError(f"plugin {spec} failed to load: {_describe(error)}") from None
+        raise UserError(f"plugin {spec} failed to load: {describe_error(error)}") from None
 
 
 def _failure(name: str, origin: str, error: BaseException) -> PluginFailure:
-    return PluginFailure(name, origin, _describe(error))
+    return PluginFailure(name, origin, describe_error(error))
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """The error in one line, with the file and line it was raised at."""
     frames = [frame for frame in traceback.extract_tb(error.__traceback__)  # the plugin's, not the loader's
               if not frame.filename.startswith(_LOADER_FILES)]

@@ -3,6 +3,8 @@
 - :mod:`benchmark.cli.commands`: the app; ``run``, ``leaderboard`` and ``list``.
 - :mod:`benchmark.cli.validate`: ``validate`` and the ``--data`` option it shares with ``run``.
 - :mod:`benchmark.cli.attacks`: ``attacks show``.
+- :mod:`benchmark.cli.new`: ``new attack|defense NAME``, a plugin package.
+- :mod:`benchmark.cli.check`: ``check NAME|FILE``, the conformance suite.
 - :mod:`benchmark.cli.scale`: ``run``'s options for precision, DDP and the executors.
 - :mod:`benchmark.cli.support`: the options the commands share, plugin loading, one-line user errors.
 

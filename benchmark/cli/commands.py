@@ -1,6 +1,7 @@
 """The ``cleanbench`` commands ``run``, ``leaderboard`` and ``list``, and the app that holds every command (``attacks``
-in :mod:`benchmark.cli.attacks`, ``validate`` in :mod:`benchmark.cli.validate`). Commands stay thin; heavy imports
-happen inside them so ``--help`` is fast."""
+in :mod:`benchmark.cli.attacks`, ``validate`` in :mod:`benchmark.cli.validate`, ``new`` and ``check`` in
+:mod:`benchmark.cli.new` and :mod:`benchmark.cli.check`). Commands stay thin; heavy imports happen inside them so
+``--help`` is fast."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import typer
 
 from benchmark.cli import scale
 from benchmark.cli.attacks import attacks_app
+from benchmark.cli.check import check_command
+from benchmark.cli.new import new_command
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
                                    user_errors)
@@ -29,6 +32,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 app.add_typer(attacks_app, name="attacks")
 app.command("validate")(validate_command)
+app.command("new")(new_command)
+app.command("check")(check_command)
 app.command("submit")(submit_command)
 app.command("verify")(verify_command)
 

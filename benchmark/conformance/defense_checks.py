@@ -1,0 +1,189 @@
+"""The checks of a defense, on a victim backdoored with BadNet on the check's preset, exactly as the runner
+hands it over (a fresh model with the victim's weights, the clean pairs, a :class:`DefenseContext`): it runs
+within the time budget and returns a model the evaluator scores; a second run with the same seed gives the same
+weights; and what it receives holds neither the test set nor the poison manifest.
+
+Determinism is checked with torch's global generator in a different state for each run: a defense draws its
+randomness from ``context.seed``, so a grid gives the same row wherever and in whatever order its cells run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import threading
+import time
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from attacks import ATTACKS
+from attacks.base import Attack, AttackContext, PoisonManifest, PoisonTarget
+from benchmark.conformance.common import SEED, CheckResult, attempt, config_checks, metadata_check
+from benchmark.config import config_dict
+from benchmark.data.batches import Normalizer, pair_batches
+from benchmark.metrics import classifier_for, evaluate
+from benchmark.models import create_model, tokenizer_for
+from benchmark.presets import Preset, split_attack_settings
+from benchmark.progress import Reporter
+from benchmark.seeding import derive_seed
+from benchmark.storage import content_key
+from benchmark.task import Task
+from benchmark.training import train
+from defenses.base import Defense, DefenseContext, effective_recipe
+
+VICTIM_ATTACK = "badnet"
+_victims: dict[str, "Victim"] = {}
+
+
+class TimeBudgetExceeded(Exception):
+    """The defense ran longer than the check's time budget."""
+
+
+@dataclasses.dataclass
+class Victim:
+    """A backdoored victim of the check's preset: its weights, the attack (for ASR) and what poisoning changed."""
+
+    state: dict[str, torch.Tensor]
+    attack: Attack
+    manifest: PoisonManifest
+    poisoned: Any  # the poisoned training pairs
+
+
+def victim_for(preset: Preset, task: Task) -> Victim:
+    """The BadNet victim of ``preset``, trained once per process (every defense checked is handed the same)."""
+    key = content_key(config_dict(preset))
+    if key not in _victims:
+        _, settings = split_attack_settings(preset.attacks.get(VICTIM_ATTACK))
+        context = AttackContext(preset.data.image_size, SEED, torch.device("cpu"), clean_pairs=task.clean_pairs,
+                                model_name=preset.model.name)
+        attack = ATTACKS.get(VICTIM_ATTACK).from_settings(settings, context=context)
+        target = PoisonTarget(task.target_index, preset.text.target,
+                              lambda generator: task.captions.caption(task.target_index, generator))
+        count = max(1, round(0.05 * len(task.train_pairs)))
+        poisoned, manifest = attack.poison(task.train_pairs, target, count,
+                                           torch.Generator().manual_seed(derive_seed(SEED, "poison")))
+        model = create_model(preset.model.name, seed=derive_seed(SEED, "init"))
+        batches = pair_batches(poisoned, tokenizer_for(preset.model.name), Normalizer(model), preset.victim.batch_size,
+                               torch.Generator().manual_seed(derive_seed(SEED, "victim-batches")), torch.device("cpu"))
+        train(model, batches, preset.victim)
+        _victims.clear()
+        _victims[key] = Victim({k: v.detach().clone() for k, v in model.state_dict().items()}, attack, manifest,
+                               poisoned)
+    return _victims[key]
+
+
+def defense_checks(cls: type[Defense], preset: Preset, task: Task, time_budget: float) -> list[CheckResult]:
+    """Every check of the defense ``cls`` on ``preset`` (its ``[defenses.NAME]`` settings) and its data."""
+    name, settings = cls.name, preset.defenses.get(cls.name, {})
+    frozen, toml = config_checks(cls, settings, f"defenses.{name}")
+    results = [attempt(name, "metadata", lambda: metadata_check(cls, "defense")),
+               attempt(name, "config-frozen", frozen), attempt(name, "config-toml", toml)]
+    victim = victim_for(preset, task)
+    tokenizer = tokenizer_for(preset.model.name)
+    handed: dict[str, Any] = {}
+
+    def run(global_seed: int) -> nn.Module:
+        model = create_model(preset.model.name)
+        model.load_state_dict(victim.state)
+        model.eval()
+        defense = cls.from_settings(settings)
+        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", name),
+                                 effective_recipe(preset.finetune, defense.config), tokenizer, task.val_set,
+                                 Reporter.silent())
+        handed.update(context=context, clean_data=task.clean_pairs, defense=defense)
+        torch.manual_seed(global_seed)  # a defense that draws from the global generator differs between runs
+        start = time.perf_counter()
+        with time_limit(time_budget):
+            out = defense.apply(model, task.clean_pairs, context)
+        if time.perf_counter() - start > time_budget:
+            raise TimeBudgetExceeded(f"took {time.perf_counter() - start:.0f} s, over the budget of {time_budget:g} s")
+        if not isinstance(out, nn.Module):
+            raise TypeError(f"apply returned {type(out).__name__}, not a torch.nn.Module")
+        return out
+
+    first: list[nn.Module] = []
+
+    def runs() -> str | None:
+        first.append(run(global_seed=21))
+        return None
+
+    def scorable() -> str | None:
+        if not first:
+            return "not scored: the defense did not run (see runs-in-budget)"
+        metrics = evaluate(classifier_for(first[0], tokenizer, task.test_set, torch.device("cpu")), task.test_set,
+                           target=task.target_index, trigger=victim.attack.apply, seed=SEED, device=torch.device("cpu"))
+        if not 0.0 <= metrics.ca.value <= 1.0 or metrics.ca.n != len(task.test_set):
+            return f"the evaluator could not score the model: CA {metrics.ca.value} on {metrics.ca.n} images"
+        return None
+
+    def deterministic() -> str | None:
+        if not first:
+            return "not compared: the defense did not run (see runs-in-budget)"
+        second = run(global_seed=22)
+        a, b = first[0].state_dict(), second.state_dict()
+        differ = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k])) + sorted(set(b) - set(a))
+        if differ:
+            return (f"two runs with the same seed gave different weights ({len(differ)} tensors, e.g. {differ[0]}): "
+                    "draw randomness from context.seed (torch.Generator().manual_seed(context.seed)), not torch's "
+                    "global generator")
+        return None
+
+    def isolated() -> str | None:
+        if not handed:
+            return "not inspected: the defense was never built"
+        forbidden = {id(task): "the task (with the test set)", id(task.test_set): "the test set",
+                     id(task.train_pairs): "the victim's training pairs", id(victim.poisoned): "the poisoned pairs",
+                     id(victim.manifest): "the poison manifest"}
+        for path, obj in _reachable(handed):
+            if id(obj) in forbidden or isinstance(obj, (PoisonManifest, Task)):
+                return f"{path} is {forbidden.get(id(obj), type(obj).__name__)}: a defense must never receive it"
+        return None
+
+    for check, body in (("runs-in-budget", runs), ("scorable", scorable), ("deterministic", deterministic),
+                        ("no-test-set-or-manifest", isolated)):
+        results.append(attempt(name, check, body))
+    return results
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block after ``seconds`` (a timer signal, where one can be set: the main thread on POSIX)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TimeBudgetExceeded(f"still running after the budget of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _reachable(roots: dict[str, Any], depth: int = 4, limit: int = 20_000) -> Iterator[tuple[str, Any]]:
+    """Every object reachable from ``roots`` through attributes, dict values and sequence items, with its path
+    (tensors and modules are leaves: they hold numbers, not references to other data)."""
+    seen: set[int] = set()
+    frontier = list(roots.items())
+    for _ in range(depth + 1):
+        following = []
+        for path, obj in frontier:
+            if id(obj) in seen or len(seen) >= limit:
+                continue
+            seen.add(id(obj))
+            yield path, obj
+            if isinstance(obj, (torch.Tensor, nn.Module, str, bytes, int, float, type)):
+                continue
+            if isinstance(obj, dict):
+                following += [(f"{path}[{k!r}]", v) for k, v in obj.items()]
+            elif isinstance(obj, (list, tuple, set)) and len(obj) <= 1000:
+                following += [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
+            following += [(f"{path}.{k}", v) for k, v in getattr(obj, "__dict__", {}).items()]
+        frontier = following
