@@ -107,11 +107,13 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
 def _write_outputs(run: GridRun, preset, attack_names: list[str], reporter, max_ca_cost: float) -> None:
     """The trigger gallery (what each trigger looks like, embedded in the page) and the leaderboard."""
     from benchmark.gallery import draw_gallery
+    from benchmark.runner.store import ArtifactStore
     from leaderboard.build import write_leaderboard
 
     if attack_names:
-        try:
-            draw_gallery(preset, attack_names, run.out / GALLERY_FILE)
+        try:  # with the run's cache, an optimised trigger is drawn as the run made it, not made again
+            draw_gallery(preset, attack_names, run.out / GALLERY_FILE,
+                         cache_dir=ArtifactStore(run.out / "cache").attacks_dir)
         except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
             reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
     if run.results.exists():

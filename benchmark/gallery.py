@@ -69,10 +69,13 @@ def pick_images(test_set: EvalSet, count: int, skip_class: int) -> torch.Tensor:
     return test_set.images[chosen]
 
 
-def trigger_samples(preset: Preset, names: list[str], *, count: int = 4, seed: int = 0) -> list[AttackSamples]:
-    """Trigger the same ``count`` test images of ``preset`` with each attack, configured as the preset says."""
+def trigger_samples(preset: Preset, names: list[str], *, count: int = 4, seed: int = 0,
+                    cache_dir: Path | None = None) -> list[AttackSamples]:
+    """Trigger the same ``count`` test images of ``preset`` with each attack, configured as the preset says.
+    ``cache_dir``: a run's cache of attack artifacts, so an optimised trigger (BadCLIP's) is the run's, not
+    optimised again."""
     from attacks import ATTACKS
-    from attacks.base import AttackContext
+    from benchmark.runner.plan import attack_context
     from benchmark.task import build_task
 
     task = build_task(preset)
@@ -80,8 +83,7 @@ def trigger_samples(preset: Preset, names: list[str], *, count: int = 4, seed: i
     samples = []
     for name in names:
         _, settings = split_attack_settings(preset.attacks.get(name))
-        context = AttackContext(preset.data.image_size, seed, torch.device("cpu"), clean_pairs=task.clean_pairs,
-                                model_name=preset.model.name)
+        context = attack_context(preset, task, seed, torch.device("cpu"), cache_dir)
         attack = ATTACKS.get(name).from_settings(settings, context=context)
         generator = torch.Generator().manual_seed(derive_seed(seed, "gallery", name))
         triggered = to_uint8(attack.apply(to_float(clean), generator))
@@ -143,6 +145,6 @@ def _text(figure, layout: GalleryLayout, x: float, y: float, text: str, **style)
 
 
 def draw_gallery(preset: Preset, names: list[str], out: Path, *, count: int = 4, seed: int = 0,
-                 zoom: int = 4) -> GalleryLayout:
+                 zoom: int = 4, cache_dir: Path | None = None) -> GalleryLayout:
     """The whole job of ``cleanbench attacks show``: trigger the preset's test images, write the PNG."""
-    return render_gallery(trigger_samples(preset, names, count=count, seed=seed), out, zoom=zoom)
+    return render_gallery(trigger_samples(preset, names, count=count, seed=seed, cache_dir=cache_dir), out, zoom=zoom)

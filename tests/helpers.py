@@ -21,12 +21,27 @@ TARGET = PoisonTarget(8, "bag", lambda generator: f"a photo of a bag {int(torch.
                       synonyms=("handbag", "purse"))
 
 
+# Attacks that optimise their trigger on a surrogate CLIP, with settings that keep that to a step or two: the
+# registry's contract tests build every attack several times and must stay in seconds.
+SURROGATE_SETTINGS = {"badclip": {"epochs": 1, "surrogate_epochs": 1, "surrogate_batch_size": 32}}
+
+
 def make_attack(name: str, seed: int = 0, **config):
-    """The registered attack ``name`` with ``config`` on :data:`SIZE` px images."""
+    """The registered attack ``name`` with ``config`` on :data:`SIZE` px images (an attack of
+    :data:`SURROGATE_SETTINGS` with those settings under ``config`` and a :func:`surrogate_context`)."""
     from attacks import ATTACKS
 
     cls = ATTACKS.get(name)
+    if name in SURROGATE_SETTINGS:
+        return cls.from_settings({**SURROGATE_SETTINGS[name], **config}, context=surrogate_context(seed))
     return cls.from_settings(config, context=AttackContext(SIZE, seed, torch.device("cpu")))
+
+
+def surrogate_context(seed: int = 0, **fields) -> AttackContext:
+    """What an attack needs to train a surrogate: 64 clean pairs (six of the target), the tiny model and the
+    target; ``fields`` set the rest (``cache_dir``, ``clean_data_key``)."""
+    return AttackContext(SIZE, seed, torch.device("cpu"), clean_pairs=make_pairs(64, seed=1), model_name=MODEL,
+                         target=TARGET, **fields)
 
 
 def make_pairs(count: int = 80, seed: int = 0) -> PairSet:

@@ -27,6 +27,7 @@ from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.store import ArtifactStore
 from benchmark.task import build_task
 from tests import data_formats as make
+from tests.helpers import make_attack
 
 CPU = torch.device("cpu")
 PAIRS, IMAGES = 100, 30
@@ -166,7 +167,7 @@ def splits(data_dir):
 def test_a_streamed_split_is_poisoned_exactly_as_in_memory(splits, name):
     memory, stream = splits
     target = PoisonTarget(0, "banana", lambda g: f"a banana {int(torch.randint(1000, (1,), generator=g))}.")
-    attack = ATTACKS.get(name).from_settings({}, context=AttackContext(32, 0, CPU))
+    attack = make_attack(name)  # 32 px, seed 0
     poisoned, manifest = attack.poison(memory, target, 4, torch.Generator().manual_seed(1))
     streamed, streamed_manifest = poison_split(attack, stream, target, 4, torch.Generator().manual_seed(1), 1.0)
     assert isinstance(streamed, PoisonedStream) and streamed_manifest.to_json() == manifest.to_json()

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS
-from attacks.base import AttackContext, PoisonTarget
 from benchmark.checkpoints import read_state_dict, save_state_dict
 from benchmark.distributed import world
 from benchmark.faults import failpoint
@@ -31,7 +30,7 @@ from benchmark.poisoning import poison_split
 from benchmark.progress import Reporter
 from benchmark.results import BENIGN_ATTACK, RESULTS_FILE
 from benchmark.runner.lock import SharedResults
-from benchmark.runner.plan import CellSpec, Plan, VictimSpec
+from benchmark.runner.plan import CellSpec, Plan, VictimSpec, attack_context
 from benchmark.runner.record import RunSummary, cell_label, cell_row, record_failed
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
@@ -119,8 +118,7 @@ class GroupRun:
         preset, task, store, device, reporter = self.plan.preset, self.task, self.store, self.device, self.reporter
         attack = None
         if spec.attack != BENIGN_ATTACK:
-            context = AttackContext(preset.data.image_size, spec.seed, device, clean_pairs=task.clean_pairs,
-                                    model_name=preset.model.name)
+            context = attack_context(preset, task, spec.seed, device, store.attacks_dir)
             attack = ATTACKS.get(spec.attack).from_settings(spec.attack_settings, context=context)
         meta = store.victim_meta(spec.key)
         if meta is not None:
@@ -132,9 +130,7 @@ class GroupRun:
         start = time.perf_counter()
         pairs = task.train_pairs
         if attack is not None:
-            target = PoisonTarget(task.target_index, preset.text.target,
-                                  lambda generator: task.captions.caption(task.target_index, generator),
-                                  synonyms=tuple(preset.text.synonyms[task.target_index]))
+            target = attack.context.target
             generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
             pairs, manifest = poison_split(attack, pairs, target, spec.poison_count, generator, preset.data.memory_gb)
             if world().is_main:

@@ -14,12 +14,13 @@ training split marks the victim key and a streamed clean split the cell key.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from attacks import ATTACKS
-from attacks.base import AttackContext
+from attacks.base import AttackContext, PoisonTarget
 from benchmark.checkpoints import looks_like_path
 from benchmark.config import config_dict
 from benchmark.errors import UserError
@@ -29,6 +30,7 @@ from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
 from benchmark.storage import content_key
+from benchmark.task import Task
 from defenses import DEFENSES
 from benchmark.training_recipe import TrainRecipe
 from defenses.base import effective_recipe
@@ -164,6 +166,24 @@ def data_key(data: DataSpec, split: str) -> dict[str, Any]:
     if split in streamed_splits(data):
         values["streamed"] = True
     return values
+
+
+def clean_data_key(preset: Preset) -> str:
+    """A content key of the clean pairs (the clean split's data settings and the text settings that write its
+    captions): an attack that derives something costly from them caches it under this key."""
+    return content_key("clean", ENGINE_VERSION, data_key(preset.data, "clean"), config_dict(preset.text))
+
+
+def attack_context(preset: Preset, task: Task, seed: int, device: torch.device,
+                   cache_dir: Path | None = None) -> AttackContext:
+    """What an attack of ``preset`` may use (clean pairs, model name, target, cache): one place, so the victim's
+    poisoning, its evaluation and the gallery build the same attack."""
+    index = task.target_index
+    target = PoisonTarget(index, preset.text.target, lambda generator: task.captions.caption(index, generator),
+                          synonyms=tuple(preset.text.synonyms[index]))
+    return AttackContext(preset.data.image_size, seed, device, clean_pairs=task.clean_pairs,
+                         model_name=preset.model.name, target=target, cache_dir=cache_dir,
+                         clean_data_key=clean_data_key(preset))
 
 
 def tuning_note(preset: Preset, defense: str) -> str:

@@ -1,5 +1,6 @@
 """Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta), cell metrics and
-cell predictions (:mod:`benchmark.predictions`).
+cell predictions (:mod:`benchmark.predictions`), and what attacks derive at some cost (``attacks/<key>/``,
+written by the attack itself under its own key, e.g. BadCLIP's patch).
 
 A victim is complete only once its ``meta.json`` exists, and the meta records the checkpoint's SHA-256, checked
 on every load, so a checkpoint cut short by a crash is never used.
@@ -26,6 +27,11 @@ class ArtifactStore:
 
     def victim_dir(self, key: str) -> Path:
         return self.root / "victims" / _folder_name(key)
+
+    @property
+    def attacks_dir(self) -> Path:
+        """Where attacks cache what they derive at some cost (BadCLIP's patch), each under its own content key."""
+        return self.root / "attacks"
 
     def cell_dir(self, key: str) -> Path:
         return self.root / "cells" / _folder_name(key)
