@@ -1,38 +1,53 @@
-"""The plugin example in README.md works as written: a newcomer's first plugin must not be broken."""
+"""The plugin example in README.md works as written and imports only ``cleanbench``: a newcomer's first plugin must
+not be broken, nor depend on the engine's internal modules."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
-import torch
-
+import cleanbench
 from benchmark import plugins
-from benchmark.data.pairs import EvalSet, PairSet
-from benchmark.models import create_model, tokenizer_for
-from benchmark.progress import Reporter
-from benchmark.training_recipe import TrainRecipe
-from defenses import DEFENSES
-from defenses.base import DefenseContext
 
 README = Path(__file__).parent.parent / "README.md"
+INTERNAL = {"attacks", "defenses", "benchmark", "leaderboard"}  # the engine: importable, but not the public API
 
 
-def test_readme_plugin_defense_loads_and_runs(tmp_path):
-    code = re.search(r"```python\n(# my_defense.py.*?)```", README.read_text(), re.S).group(1)
+def readme_plugin() -> str:
+    return re.search(r"```python\n(# my_defense.py.*?)```", README.read_text(), re.S).group(1)
+
+
+def imported_packages(code: str) -> set[str]:
+    modules = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add((node.module or "").partition(".")[0])
+    return modules
+
+
+def test_readme_plugin_imports_cleanbench_and_no_internal_module():
+    modules = imported_packages(readme_plugin())
+    assert "cleanbench" in modules and not modules & INTERNAL
+
+
+def test_readme_plugin_loads_and_passes_the_conformance_checks(tmp_path):
     path = tmp_path / "my_defense.py"
-    path.write_text(code)
-    assert plugins.load_plugin(str(path)) == []
+    path.write_text(readme_plugin())
     try:
-        defense = DEFENSES.get("my-defense").from_settings({"epochs": 1})
-        model = create_model("cleanbench-vit-tiny", seed=0)
-        before = [p.detach().clone() for p in model.parameters()]
-        pairs = PairSet(torch.randint(0, 255, (16, 3, 32, 32), dtype=torch.uint8), ["a photo of a bag."] * 16,
-                        torch.zeros(16, dtype=torch.long))
-        context = DefenseContext(torch.device("cpu"), 0, TrainRecipe(batch_size=8, lr=1e-3),
-                                 tokenizer_for("cleanbench-vit-tiny"),
-                                 EvalSet(pairs.images, pairs.labels, ["bag"]), Reporter.silent())
-        out = defense.apply(model, pairs, context)
-        assert any(not torch.equal(a, b) for a, b in zip(before, out.parameters()))
+        [defense] = plugins.load_plugin(str(path))
+        assert cleanbench.DEFENSES.get("my-defense") is defense
+        results = cleanbench.check(defense)
     finally:
-        DEFENSES.unregister("my-defense")
+        cleanbench.DEFENSES.unregister("my-defense")
+    assert [result.line() for result in results if not result.ok] == []
+    assert {result.name for result in results} >= {"config-frozen", "deterministic", "runs-in-budget", "scorable"}
+
+
+def test_readme_walkthrough_is_new_install_check_run():
+    block = re.search(r"```bash\n(cleanbench new defense my-defense.*?)```", README.read_text(), re.S).group(1)
+    commands = [line.partition("#")[0].strip() for line in block.splitlines()]
+    assert commands == ["cleanbench new defense my-defense", "pip install -e my-defense",
+                        "cleanbench check my-defense", "cleanbench run --attacks badnet --defenses none,my-defense"]

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from defenses import DEFENSES
-from defenses.base import Defense
+import cleanbench
 
 
 @dataclass(frozen=True)
@@ -20,8 +19,8 @@ class Config:
     std: float = 0.02
 
 
-@DEFENSES.register()
-class Reinitialize(Defense):
+@cleanbench.DEFENSES.register()
+class Reinitialize(cleanbench.Defense):
     """Re-draw every parameter from N(0, std²): removes the backdoor by destroying the model."""
 
     name = "reinitialize"
