@@ -186,8 +186,11 @@ def paste(images: torch.Tensor, patch: torch.Tensor, location: str) -> torch.Ten
     the result is differentiable in ``patch``."""
     height, width = images.shape[-2:]
     size = patch.shape[-1]
-    top = {"middle": height // 2 - size // 2, "top-left": 0, "top-right": 0}.get(location, height - size)
-    left = {"middle": width // 2 - size // 2, "top-left": 0, "bottom-left": 0}.get(location, width - size)
+    if location == "middle":  # the authors' [c - s/2, c + s/2) around c = (H/2, W/2)
+        top, left = height // 2 - size // 2, width // 2 - size // 2
+    else:
+        top = 0 if location.startswith("top") else height - size
+        left = 0 if location.endswith("left") else width - size
     out = images.clone()
     out[:, :, top : top + size, left : left + size] = patch
     return out
