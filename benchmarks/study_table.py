@@ -1,29 +1,55 @@
-"""The CleanCLIP study's table (issue 4): CA and ASR per attack × defense, mean over seeds with the leaderboard's
-95% t-interval, and the ASR of every seed beside it, as Markdown.
+"""A study's table: CA and ASR per setting × attack × defense, mean over seeds with the leaderboard's 95%
+t-interval, and the ASR of every seed beside it, as Markdown.
 
     cleanbench leaderboard RUN... --out LB
     python benchmarks/study_table.py LB RUN...
+
+Attacks come in the order: benign control, the paper's four, then the rest alphabetically; defenses: the
+built-ins, then plugins. A column for the setting appears when the runs hold more than one (e.g. a preset and
+its ``[clip+ssl victim]`` variant).
 """
 import sys
+
 import pandas as pd
+
+from leaderboard.html import number
 from leaderboard.load import load_results
 
-folder = sys.argv[1]
-lb = pd.read_csv(f"{folder}/leaderboard.csv")
-rows = load_results(sys.argv[2:])
-known = ["none", "finetune", "cleanclip", "ssl-only", "supervised"]
-order = known + sorted(set(lb.defense) - set(known))  # plugin defenses after the built-ins
-print("| attack | defense | seeds | CA mean [95% CI] | ASR mean [95% CI] | ASR per seed |")
-print("|---|---|---|---|---|---|")
-for attack in ["none", "badnet", "blended", "wanet", "label-consistent"]:
-    for defense in order:
-        hit = lb[(lb.attack == attack) & (lb.defense == defense)]
-        if hit.empty:
-            continue
-        r = hit.iloc[0]
-        per = rows[(rows.attack == attack) & (rows.defense == defense) & (rows.status == "ok")].sort_values("seed")
-        def fmt(m, lo, hi):
-            return f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if pd.notna(lo) else f"{m:.3f}"
-        asr = "—" if attack == "none" else fmt(r.asr_mean, r.asr_ci_low, r.asr_ci_high)
-        seeds = "—" if attack == "none" else ", ".join(f"{a:.3f}" for a in per.asr)
-        print(f"| {attack} | {defense} | {int(r.n_seeds)} | {fmt(r.ca_mean, r.ca_ci_low, r.ca_ci_high)} | {asr} | {seeds} |")
+PAPER_ATTACKS = ["none", "badnet", "blended", "wanet", "label-consistent"]
+BUILT_IN_DEFENSES = ["none", "finetune", "cleanclip", "ssl-only", "supervised"]
+
+
+def ordered(values, first):
+    return [v for v in first if v in set(values)] + sorted(set(values) - set(first))
+
+
+def interval(mean, low, high) -> str:
+    return f"{number(mean)} [{number(low)}, {number(high)}]" if pd.notna(low) else number(mean)
+
+
+def main(folder: str, runs: list[str]) -> None:
+    lb = pd.read_csv(f"{folder}/leaderboard.csv")
+    rows = load_results(runs)
+    settings = sorted(lb.preset.unique())
+    several = len(settings) > 1
+    print(("| setting " if several else "") + "| attack | defense | seeds | CA mean [95% CI] | ASR mean [95% CI] | ASR per seed |")
+    print(("|---" if several else "") + "|---|---|---|---|---|---|")
+    for setting in settings:
+        here = lb[lb.preset == setting]
+        for attack in ordered(here.attack, PAPER_ATTACKS):
+            for defense in ordered(here.defense, BUILT_IN_DEFENSES):
+                hit = here[(here.attack == attack) & (here.defense == defense)]
+                if hit.empty:
+                    continue
+                r = hit.iloc[0]
+                per = rows[(rows.preset == setting) & (rows.attack == attack) & (rows.defense == defense)
+                           & (rows.status == "ok")].sort_values("seed")
+                asr = "—" if attack == "none" else interval(r.asr_mean, r.asr_ci_low, r.asr_ci_high)
+                seeds = "—" if attack == "none" else ", ".join(number(a) for a in per.asr)
+                lead = f"| {setting} " if several else ""
+                print(f"{lead}| {attack} | {defense} | {int(r.n_seeds)} | "
+                      f"{interval(r.ca_mean, r.ca_ci_low, r.ca_ci_high)} | {asr} | {seeds} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
