@@ -22,9 +22,9 @@ import torch
 from attacks import ATTACKS
 from attacks.base import Attack
 from benchmark import plugins
-from benchmark.conformance.attack_checks import attack_checks
+from benchmark.conformance.attack_checks import check_attack
 from benchmark.conformance.common import CheckResult, check_preset
-from benchmark.conformance.defense_checks import defense_checks
+from benchmark.conformance.defense_checks import check_defense
 from benchmark.errors import UserError, did_you_mean
 from benchmark.presets import Preset
 from benchmark.task import build_task
@@ -51,9 +51,9 @@ def check(component: str | type, *, time_budget: float = DEFAULT_TIME_BUDGET, pr
     with torch.random.fork_rng(devices=[]):  # the checks reseed torch's global generator; the caller's is kept
         for cls in classes:
             if issubclass(cls, Attack):
-                results += attack_checks(cls, chosen, task)
+                results += check_attack(cls, chosen, task)
             else:
-                results += defense_checks(cls, chosen, task, time_budget)
+                results += check_defense(cls, chosen, task, time_budget)
     return results
 
 

@@ -24,7 +24,7 @@ PAIRS = 200  # pairs handed to poison (with enough of the target class for a lab
 COUNT = 5  # pairs poisoned
 
 
-def attack_checks(cls: type[Attack], preset: Preset, task: Task) -> list[CheckResult]:
+def check_attack(cls: type[Attack], preset: Preset, task: Task) -> list[CheckResult]:
     """Every check of the attack ``cls`` on ``preset`` (its ``[attacks.NAME]`` settings) and its data."""
     _, settings = split_attack_settings(preset.attacks.get(cls.name))
     name = cls.name

@@ -75,7 +75,7 @@ def victim_for(preset: Preset, task: Task) -> Victim:
     return _victims[key]
 
 
-def defense_checks(cls: type[Defense], preset: Preset, task: Task, time_budget: float) -> list[CheckResult]:
+def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: float) -> list[CheckResult]:
     """Every check of the defense ``cls`` on ``preset`` (its ``[defenses.NAME]`` settings) and its data."""
     name, settings = cls.name, preset.defenses.get(cls.name, {})
     frozen, toml = config_checks(cls, settings, f"defenses.{name}")
