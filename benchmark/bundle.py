@@ -29,6 +29,7 @@ import json
 import re
 import stat
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,19 +116,27 @@ def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
         raise UserError(f"no bundle at {path}")
     if not zipfile.is_zipfile(path):
         raise BundleError(f"{path} is not a cleanbench bundle (not a zip file)")
-    with zipfile.ZipFile(path) as archive:
-        members = _checked_members(path, archive)
-        manifest = _read_manifest(path, archive, members)
-        listed = manifest["files"]
-        for name in listed:
-            if name not in members:
-                raise BundleError(f"{path}: {name} is listed in the manifest but missing from the bundle: refused")
-        for name in members:
-            if name != MANIFEST and name not in listed:
-                raise BundleError(f"{path}: {name} is not listed in the manifest: refused")
-        folder.mkdir(parents=True)  # fresh: nothing inside it can be a link planted beforehand
-        for name, expected in listed.items():
-            _extract_member(path, archive, members[name], folder, expected)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return _extract_checked(path, archive, folder)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a damaged archive (CRC, truncated, bad data)
+        raise BundleError(f"{path}: damaged bundle ({error}): refused") from None
+
+
+def _extract_checked(path: Path, archive: zipfile.ZipFile, folder: Path) -> dict[str, Any]:
+    """Check the members against the limits and the manifest, then extract each, checking its hash."""
+    members = _checked_members(path, archive)
+    manifest = _read_manifest(path, archive, members)
+    listed = manifest["files"]
+    for name in listed:
+        if name not in members:
+            raise BundleError(f"{path}: {name} is listed in the manifest but missing from the bundle: refused")
+    for name in members:
+        if name != MANIFEST and name not in listed:
+            raise BundleError(f"{path}: {name} is not listed in the manifest: refused")
+    folder.mkdir(parents=True)  # fresh: nothing inside it can be a link planted beforehand
+    for name, expected in listed.items():
+        _extract_member(path, archive, members[name], folder, expected)
     return manifest
 
 
@@ -172,7 +181,7 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, members: dict[str, zipf
 
 def _extract_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path,
                     expected: dict[str, Any]) -> None:
-    data = _read_limited(archive, info, min(expected["bytes"], MAX_TOTAL_BYTES), path)
+    data = _read_limited(archive, info, info.file_size, path)  # declared sizes were checked against the limit
     if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
         raise BundleError(f"{path}: {info.filename} does not match its hash in the manifest (altered or damaged): "
                           "refused before anything runs")

@@ -36,6 +36,7 @@ from benchmark.predictions import load_predictions
 from benchmark.provenance import git_commit, origin_of
 from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
 from benchmark.storage import write_text_atomic
+from benchmark.submit import unplanned_rows
 from defenses import DEFENSES
 
 DEFAULT_TOLERANCE = 0.02  # absolute, on CA, top-5 CA and ASR, where a bitwise comparison is not possible
@@ -184,8 +185,6 @@ def _purge_modules(top: str) -> None:
 
 def _check_plan(bundle: Bundle, rows: list[dict[str, str]], defense: str, data_dir: str | None) -> None:
     """The bundled preset must plan every row's cell id (else the rerun would compare other cells)."""
-    from benchmark.submit import unplanned_rows
-
     missing = unplanned_rows(rows, defense, bundle.folder / PRESET, bundle.meta.get("data_dir") or data_dir)
     if missing:
         row = missing[0]

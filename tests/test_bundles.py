@@ -1,0 +1,246 @@
+"""Submitting and verifying results: ``run`` → ``submit`` → ``verify`` → ``leaderboard`` on the test preset with a
+plugin-file defense, and every way a bundle is refused (a changed metric, a changed source file, a missing file,
+a hostile archive, size limits) before anything runs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import stat
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark import bundle as bundle_format
+from benchmark.api import run_grid
+from benchmark.bundle import MANIFEST, BundleError, extract_bundle, record_path
+from benchmark.provenance import source_hash
+from benchmark.results import ResultsFile
+from benchmark.verify import choose_cells
+from defenses import DEFENSES
+from tests.helpers import TEST_PRESET
+
+PLUGIN = '''"""A test plugin: adds seeded noise to every weight (it defends nothing; it is cheap and deterministic)."""
+from dataclasses import dataclass
+
+import torch
+
+from defenses import DEFENSES
+from defenses.base import Defense
+
+
+@dataclass(frozen=True)
+class JitterConfig:
+    scale: float = 0.01
+
+
+@DEFENSES.register()
+class Jitter(Defense):
+    """Adds seeded noise to every weight."""
+
+    name = "jitter"
+    version = "1"
+    Config = JitterConfig
+    uses_recipe = False
+
+    def apply(self, model, clean_data, context):
+        generator = torch.Generator().manual_seed(context.seed)
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.device) * self.config.scale)
+        return model
+'''
+
+
+@pytest.fixture(scope="module")
+def submitted(tmp_path_factory):
+    """A finished grid (badnet × jitter, seed 0, with its references) and its bundle."""
+    root = tmp_path_factory.mktemp("submit")
+    plugin = root / "jitter.py"
+    plugin.write_text(PLUGIN)
+    DEFENSES.unregister("jitter")
+    try:
+        grid = run_grid(["badnet"], ["jitter"], [0], preset=str(TEST_PRESET), out=root / "run", device="cpu",
+                        workers=1, plugins=[str(plugin)], no_plugin_autoload=True)
+        assert grid.summary.cells_failed == 0
+        from benchmark.submit import submit
+
+        submit(root / "run", "jitter", root / "jitter.zip", preset=str(TEST_PRESET))
+    finally:
+        DEFENSES.unregister("jitter")
+    return root
+
+
+def _copy(submitted: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bundle.zip"
+    target.write_bytes((submitted / "jitter.zip").read_bytes())
+    return target
+
+
+def _rewrite(path: Path, change, *, manifest: bool = True) -> None:
+    """Rewrite the bundle at ``path``: ``change(files)`` edits the dict of its files; with ``manifest`` the
+    manifest is made to match again (a consistent forgery), else it is kept as it was."""
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    old_manifest = files.pop(MANIFEST)
+    change(files)
+    if manifest:
+        listing = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
+        files[MANIFEST] = json.dumps({"format": 1, "files": listing}).encode()
+    else:
+        files[MANIFEST] = old_manifest
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+
+
+def _set_metric(files: dict, attack: str, defense: str, column: str, value: str) -> None:
+    rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
+    for row in rows:
+        if (row["attack"], row["defense"]) == (attack, defense):
+            row[column] = value
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files["results.csv"] = buffer.getvalue().encode()
+
+
+@pytest.mark.slow
+def test_run_submit_verify_leaderboard_shows_the_entry_verified(submitted, cli, tmp_path):
+    bundle = _copy(submitted, tmp_path)
+    with zipfile.ZipFile(bundle) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read(MANIFEST))
+        meta = json.loads(archive.read("bundle.json"))
+    assert set(manifest["files"]) == names - {MANIFEST}
+    assert {"results.csv", "preset.toml", "source/defense/jitter/jitter.py", "source/attack/badnet/badnet.py",
+            "environment/pip-freeze.txt", "environment/hardware.json"} <= names
+    assert sum(name.endswith("predictions.npz") for name in names) == 4  # jitter and none, benign and badnet
+    assert (meta["defense"], meta["attacks"], meta["seeds"]) == ("jitter", ["badnet", "none"], [0])
+    rows = ResultsFile(submitted / "run" / "results.csv").rows.values()
+    jitter = [row for row in rows if row["defense"] == "jitter"]
+    assert {row["defense_source_sha256"] for row in jitter} == {source_hash(submitted, ["jitter.py"])}
+    assert {(row["defense_package"], row["attack_package"]) for row in jitter} == {("", "cleanbench"), ("", "")}
+
+    DEFENSES.unregister("jitter")  # verify loads the bundle's own copy of the plugin
+    code, out, err = cli("verify", bundle, "--device", "cpu")
+    assert code == 0, out + err
+    assert "verified: badnet × jitter seed 0 (bitwise" in out and "NOT" not in out
+    assert json.loads(record_path(bundle).read_text())["verified"] is True
+
+    code, out, err = cli("leaderboard", bundle, "--out", tmp_path / "board")
+    assert code == 0, err
+    board = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    assert set(board.loc[board["defense"] == "jitter", "evidence"]) == {"verified"}
+    page = (tmp_path / "board" / "index.html").read_text()
+    assert "bundle.zip:results.csv" in page and ">verified<" in page
+
+    unverified = tmp_path / "other" / "bundle.zip"  # the same bundle without its verification record
+    unverified.parent.mkdir()
+    unverified.write_bytes(bundle.read_bytes())
+    code, _, err = cli("leaderboard", unverified, "--out", tmp_path / "board2")
+    assert code == 0, err
+    assert set(pd.read_csv(tmp_path / "board2" / "leaderboard.csv")["evidence"]) == {"self-reported"}
+
+
+@pytest.mark.slow
+def test_verify_refuses_a_changed_metric(submitted, cli, tmp_path):
+    bundle = _copy(submitted, tmp_path)
+    _rewrite(bundle, lambda files: _set_metric(files, "none", "jitter", "ca", "0.9"))
+    DEFENSES.unregister("jitter")
+    code, out, _ = cli("verify", bundle, "--device", "cpu", "--cells", "none:0")  # the benign control: one victim
+    assert code == 1
+    assert "NOT verified: none × jitter seed 0 (ca is 0.9 in the bundle" in out
+    assert "verified: none × none seed 0" in out and f"{bundle}: NOT verified" in out
+    assert json.loads(record_path(bundle).read_text())["verified"] is False
+
+
+def test_verify_refuses_a_changed_source_file(submitted, cli, tmp_path):
+    bundle = _copy(submitted, tmp_path)
+    source = "source/defense/jitter/jitter.py"
+    evil = lambda files: files.update({source: files[source] + b"\nopen('ran', 'w').close()\n"})  # noqa: E731
+    _rewrite(bundle, evil, manifest=False)
+    code, _, err = cli("verify", bundle)
+    assert code == 2 and f"{source} does not match its hash in the manifest" in err and "rerunning" not in err
+    _rewrite(bundle, lambda files: None)  # the manifest redone to match: the rows' source hash still does not
+    code, _, err = cli("verify", bundle)
+    assert code == 2 and "the source of defense 'jitter' in the bundle does not match the hash recorded" in err
+    assert "rerunning" not in err and not Path("ran").exists() and not record_path(bundle).exists()
+
+
+def test_verify_refuses_a_missing_file(submitted, cli, tmp_path):
+    bundle = _copy(submitted, tmp_path)
+    _rewrite(bundle, lambda files: files.pop("preset.toml"), manifest=False)
+    code, _, err = cli("verify", bundle)
+    assert code == 2 and "preset.toml is listed in the manifest but missing from the bundle: refused" in err
+
+
+def test_verify_refuses_an_unlisted_file(submitted, cli, tmp_path):
+    bundle = _copy(submitted, tmp_path)
+    _rewrite(bundle, lambda files: files.update({"extra.py": b"print('hi')"}), manifest=False)
+    code, _, err = cli("verify", bundle)
+    assert code == 2 and "extra.py is not listed in the manifest" in err
+
+
+@pytest.mark.parametrize("name", ["../escaped.py", "/tmp/cleanbench-absolute.py", "source/../../escaped.py",
+                                  "source\\..\\escaped.py", "./results.csv"])
+def test_verify_refuses_a_path_that_could_escape(cli, tmp_path, name):
+    hostile = tmp_path / "deep" / "hostile.zip"
+    hostile.parent.mkdir()
+    with zipfile.ZipFile(hostile, "w") as archive:
+        archive.writestr(name, b"open('pwned', 'w').close()\n")
+        archive.writestr(MANIFEST, json.dumps({"format": 1, "files": {}}))
+    code, _, err = cli("verify", hostile)
+    assert code == 2 and "unsafe path" in err and "refused" in err
+    assert not (tmp_path / "escaped.py").exists() and not Path("/tmp/cleanbench-absolute.py").exists()
+
+
+def test_a_link_in_a_bundle_is_refused(tmp_path):
+    hostile = tmp_path / "link.zip"
+    info = zipfile.ZipInfo("results.csv")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(hostile, "w") as archive:
+        archive.writestr(info, "/etc/passwd")
+    with pytest.raises(BundleError, match="not a plain file"):
+        extract_bundle(hostile, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_size_limits_are_checked_before_extracting(submitted, tmp_path, monkeypatch):
+    bundle = _copy(submitted, tmp_path)
+    monkeypatch.setattr(bundle_format, "MAX_FILES", 3)
+    with pytest.raises(BundleError, match="more than the limit of 3"):
+        extract_bundle(bundle, tmp_path / "a")
+    monkeypatch.setattr(bundle_format, "MAX_FILES", 2_000)
+    monkeypatch.setattr(bundle_format, "MAX_TOTAL_BYTES", 1_000)
+    with pytest.raises(BundleError, match="bytes uncompressed, more than the limit of 1000"):
+        extract_bundle(bundle, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_file_that_is_not_a_zip_is_not_a_bundle(cli, tmp_path):
+    (tmp_path / "results.zip").write_text("schema_version,cell_id\n")
+    code, _, err = cli("verify", tmp_path / "results.zip")
+    assert code == 2 and "not a cleanbench bundle (not a zip file)" in err
+
+
+def test_submit_names_the_defenses_a_run_holds(submitted, cli, tmp_path):
+    code, _, err = cli("submit", submitted / "run", "--defense", "cleanclip", "-o", tmp_path / "x.zip",
+                       "--preset", TEST_PRESET, "--no-plugin-autoload")
+    assert code == 2 and "no rows of defense 'cleanclip'" in err and "jitter" in err and not (tmp_path / "x.zip").exists()
+
+
+def test_default_cells_are_one_per_attack():
+    rows = [{"attack": attack, "defense": "d", "seed": str(seed), "status": status}
+            for attack, seed, status in [("none", 0, "ok"), ("badnet", 1, "ok"), ("badnet", 0, "failed"),
+                                         ("badnet", 2, "ok"), ("wanet", 0, "ok")]]
+    assert choose_cells(rows, "d", None) == [("badnet", 1), ("wanet", 0)]
+    assert choose_cells(rows, "d", "none:0,badnet:2") == [("none", 0), ("badnet", 2)]
+    assert len(choose_cells(rows, "d", "all")) == 4
+    with pytest.raises(Exception, match="choose from: .*badnet:1"):
+        choose_cells(rows, "d", "badnet:0")
