@@ -45,7 +45,7 @@ class Origin:
     """Where one attack or defense class came from: ``kind`` is ``built-in``, ``package`` (installed or
     importable module) or ``file``; ``files`` are its source files relative to ``root``, hashed as ``sha256``."""
 
-    kind: str
+    kind: str  # "module" for a class defined interactively, which has no source file to hash
     package: str  # distribution name ("cleanbench" for built-ins; "" when no distribution installs it)
     version: str  # that distribution's version
     module: str  # the module that defines the class
@@ -71,7 +71,9 @@ class Origin:
 @functools.lru_cache(maxsize=None)
 def origin_of(cls: type) -> Origin:
     """The :class:`Origin` of an attack or defense class (cached: classes do not change while a process runs)."""
-    module = sys.modules[cls.__module__]
+    module = sys.modules.get(cls.__module__)
+    if not Path(getattr(module, "__file__", None) or "").is_file():  # defined interactively: no source to hash
+        return Origin("module", "", "", cls.__module__, cls.__qualname__, Path("."), (), "")
     path = Path(module.__file__).resolve()
     if _is_builtin(path):
         root, files = _module_files(path)
@@ -79,7 +81,8 @@ def origin_of(cls: type) -> Origin:
     if cls.__module__.startswith(PLUGIN_FILE_PREFIX):
         return _origin("file", "", "", cls, path.parent, (path.name,))
     top = sys.modules.get(cls.__module__.partition(".")[0], module)
-    root, files = _module_files(Path(top.__file__).resolve())
+    top_file = getattr(top, "__file__", None) or module.__file__  # a namespace package has no file of its own
+    root, files = _module_files(Path(top_file).resolve())
     package = _distribution(top.__name__)
     return _origin("package", package, _version(package), cls, root, files)
 

@@ -110,6 +110,9 @@ def _components(rows: list[dict[str, str]], defense: str) -> dict[tuple[str, str
     components = {}
     for kind, name in wanted:
         origin = origin_of((DEFENSES if kind == "defense" else ATTACKS).get(name))
+        if not origin.files:
+            raise UserError(f"{kind} '{name}' has no source file (defined interactively in {origin.module}); put it "
+                            "in a plugin file or package to submit it")
         stale = [row for row in rows if row[kind] == name and row[f"{kind}_source_sha256"] != origin.sha256]
         if any(not row[f"{kind}_source_sha256"] for row in stale):
             raise UserError(f"rows of {kind} '{name}' record no source hash (written before results schema 4); "
