@@ -1,6 +1,7 @@
 """``cleanbench check``: every built-in passes the conformance suite, and a plugin that breaks the contract fails
-the check it breaks, with its reason (a mutable config, randomness not drawn from the seed, an input changed in
-place, an exception, a defense over its time budget, a context that leaks the test set)."""
+the check it breaks, with its reason (a mutable config, randomness not drawn from the seed: an attack's unseeded
+``torch.rand``, a defense's unseeded ``random``; an input changed in place, an exception, a defense over its time
+budget, a context that leaks the test set)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,7 @@ def test_a_broken_attack_fails_the_check_it_breaks_with_its_reason(tmp_path, unr
 
 DEFENSE = textwrap.dedent('''
     from dataclasses import dataclass
+    import random
     import time
     import torch
     import cleanbench
@@ -104,7 +106,7 @@ DEFENSE = textwrap.dedent('''
             {body}
             with torch.no_grad():
                 for parameter in model.parameters():
-                    parameter.add_(torch.rand(parameter.shape) * self.config.scale)
+                    parameter.add_(random.random() * self.config.scale)
             return model
 ''')
 
@@ -123,7 +125,7 @@ def test_a_defense_that_raises_or_overruns_its_budget_fails_runs_in_budget(tmp_p
     path = tmp_path / "noisy.py"
     path.write_text(DEFENSE.format(body="raise ValueError('no clean pairs for me')"))
     found = failures(check(str(path)))
-    assert found["runs-in-budget"] == "raised ValueError: no clean pairs for me (at noisy.py:17)"
+    assert found["runs-in-budget"] == "raised ValueError: no clean pairs for me (at noisy.py:18)"
     assert found["scorable"] == "not scored: the defense did not run (see runs-in-budget)"
     DEFENSES.unregister("noisy")
     path.write_text(DEFENSE.format(body="time.sleep(5)"))

@@ -15,8 +15,12 @@ so a defense check takes seconds plus the defense's own time.
 
 from __future__ import annotations
 
+import contextlib
+import random
 from pathlib import Path
+from typing import Iterator
 
+import numpy as np
 import torch
 
 from attacks import ATTACKS
@@ -48,7 +52,7 @@ def check(component: str | type, *, time_budget: float = DEFAULT_TIME_BUDGET, pr
     chosen = preset or check_preset()
     task = build_task(chosen)
     results: list[CheckResult] = []
-    with torch.random.fork_rng(devices=[]):  # the checks reseed torch's global generator; the caller's is kept
+    with _global_generators_kept():
         for cls in classes:
             if issubclass(cls, Attack):
                 results += check_attack(cls, chosen, task)
@@ -62,6 +66,18 @@ def assert_conforms(component: str | type, **options) -> None:
     failed = [result.line() for result in check(component, **options) if not result.ok]
     if failed:
         raise AssertionError("conformance checks failed:\n" + "\n".join(failed))
+
+
+@contextlib.contextmanager
+def _global_generators_kept() -> Iterator[None]:
+    """The checks reseed torch's, Python's and NumPy's global generators; the caller gets its own states back."""
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def resolve(component: str | type, *, no_autoload: bool = False) -> list[type]:

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
-from attacks.base import Attack, AttackContext, PoisonManifest, PoisonTarget
+from attacks.base import Attack, PoisonManifest
 from benchmark.conformance.common import SEED, CheckResult, attempt, config_checks, metadata_check
 from benchmark.data.pairs import PairSet, to_float
 from benchmark.presets import Preset, split_attack_settings
+from benchmark.runner.plan import attack_context
 from benchmark.task import Task
 
 IMAGES = 16  # images triggered by the apply checks
@@ -28,15 +29,12 @@ def check_attack(cls: type[Attack], preset: Preset, task: Task) -> list[CheckRes
     """Every check of the attack ``cls`` on ``preset`` (its ``[attacks.NAME]`` settings) and its data."""
     _, settings = split_attack_settings(preset.attacks.get(cls.name))
     name = cls.name
-    target = PoisonTarget(task.target_index, preset.text.target,
-                          lambda generator: task.captions.caption(task.target_index, generator),
-                          synonyms=tuple(preset.text.synonyms[task.target_index]) if preset.text.synonyms else ())
+    context = attack_context(preset, task, SEED, torch.device("cpu"))  # as the runner builds it
+    target = context.target
     pairs = task.train_pairs.subset(torch.arange(min(PAIRS, len(task.train_pairs))))
     images = to_float(pairs.images[:IMAGES])
 
     def build() -> Attack:
-        context = AttackContext(preset.data.image_size, SEED, torch.device("cpu"), clean_pairs=task.clean_pairs,
-                                model_name=preset.model.name)
         return cls.from_settings(settings, context=context)
 
     def shape_dtype_range() -> str | None:

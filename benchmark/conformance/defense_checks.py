@@ -3,24 +3,27 @@ hands it over (a fresh model with the victim's weights, the clean pairs, a :clas
 within the time budget and returns a model the evaluator scores; a second run with the same seed gives the same
 weights; and what it receives holds neither the test set nor the poison manifest.
 
-Determinism is checked with torch's global generator in a different state for each run: a defense draws its
-randomness from ``context.seed``, so a grid gives the same row wherever and in whatever order its cells run.
+Determinism is checked as the runner runs a defense: torch's global generator seeded with ``context.seed``
+(CleanCLIP's augmentations draw from it), Python's and NumPy's left as they are, here put in a different state
+for each run. A defense that draws from them (or from the clock) would give another row each time its cell ran.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import random
 import signal
 import threading
 import time
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
 from attacks import ATTACKS
-from attacks.base import Attack, AttackContext, PoisonManifest, PoisonTarget
+from attacks.base import Attack, PoisonManifest
 from benchmark.conformance.common import SEED, CheckResult, attempt, config_checks, metadata_check
 from benchmark.config import config_dict
 from benchmark.data.batches import Normalizer, pair_batches
@@ -28,6 +31,7 @@ from benchmark.metrics import classifier_for, evaluate
 from benchmark.models import create_model, tokenizer_for
 from benchmark.presets import Preset, split_attack_settings
 from benchmark.progress import Reporter
+from benchmark.runner.plan import attack_context
 from benchmark.seeding import derive_seed
 from benchmark.storage import content_key
 from benchmark.task import Task
@@ -57,13 +61,10 @@ def victim_for(preset: Preset, task: Task) -> Victim:
     key = content_key(config_dict(preset))
     if key not in _victims:
         _, settings = split_attack_settings(preset.attacks.get(VICTIM_ATTACK))
-        context = AttackContext(preset.data.image_size, SEED, torch.device("cpu"), clean_pairs=task.clean_pairs,
-                                model_name=preset.model.name)
+        context = attack_context(preset, task, SEED, torch.device("cpu"))
         attack = ATTACKS.get(VICTIM_ATTACK).from_settings(settings, context=context)
-        target = PoisonTarget(task.target_index, preset.text.target,
-                              lambda generator: task.captions.caption(task.target_index, generator))
         count = max(1, round(0.05 * len(task.train_pairs)))
-        poisoned, manifest = attack.poison(task.train_pairs, target, count,
+        poisoned, manifest = attack.poison(task.train_pairs, context.target, count,
                                            torch.Generator().manual_seed(derive_seed(SEED, "poison")))
         model = create_model(preset.model.name, seed=derive_seed(SEED, "init"))
         batches = pair_batches(poisoned, tokenizer_for(preset.model.name), Normalizer(model), preset.victim.batch_size,
@@ -85,7 +86,7 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
     tokenizer = tokenizer_for(preset.model.name)
     handed: dict[str, Any] = {}
 
-    def run(global_seed: int) -> nn.Module:
+    def run(other_seed: int) -> nn.Module:
         model = create_model(preset.model.name)
         model.load_state_dict(victim.state)
         model.eval()
@@ -94,7 +95,9 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
                                  effective_recipe(preset.finetune, defense.config), tokenizer, task.val_set,
                                  Reporter.silent())
         handed.update(context=context, clean_data=task.clean_pairs, defense=defense)
-        torch.manual_seed(global_seed)  # a defense that draws from the global generator differs between runs
+        torch.manual_seed(context.seed)  # as the runner seeds it before every defense
+        random.seed(other_seed)  # the runner seeds neither Python's nor NumPy's generator: drawing from them
+        np.random.seed(other_seed)  # gives another model in every run
         start = time.perf_counter()
         with time_limit(time_budget):
             out = defense.apply(model, task.clean_pairs, context)
@@ -107,7 +110,7 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
     first: list[nn.Module] = []
 
     def runs() -> str | None:
-        first.append(run(global_seed=21))
+        first.append(run(other_seed=21))
         return None
 
     def scorable() -> str | None:
@@ -122,13 +125,13 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
     def deterministic() -> str | None:
         if not first:
             return "not compared: the defense did not run (see runs-in-budget)"
-        second = run(global_seed=22)
+        second = run(other_seed=22)
         a, b = first[0].state_dict(), second.state_dict()
         differ = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k])) + sorted(set(b) - set(a))
         if differ:
             return (f"two runs with the same seed gave different weights ({len(differ)} tensors, e.g. {differ[0]}): "
-                    "draw randomness from context.seed (torch.Generator().manual_seed(context.seed)), not torch's "
-                    "global generator")
+                    "draw randomness from context.seed (torch.Generator().manual_seed(context.seed)), not from "
+                    "Python's or NumPy's global generator")
         return None
 
     def isolated() -> str | None:
