@@ -68,7 +68,7 @@ class Origin:
                 f"{prefix}_source_sha256": self.sha256}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def origin_of(cls: type) -> Origin:
     """The :class:`Origin` of an attack or defense class (cached: classes do not change while a process runs)."""
     module = sys.modules.get(cls.__module__)
@@ -114,7 +114,7 @@ def _is_builtin(path: Path) -> bool:
     return path.is_relative_to(repo) and path.relative_to(repo).parts[0] in ("attacks", "defenses", "benchmark")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _distribution(top_level: str) -> str:
     """The installed distribution that provides the import package ``top_level`` ("" if none does)."""
     names = metadata.packages_distributions().get(top_level, [])

@@ -20,10 +20,11 @@ import json
 import re
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -256,12 +257,13 @@ def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun:
 
 def _same_predictions(check: Callable[[bool, str], CellCheck], cell_id: str, bundle_folder: Path,
                       rerun_folder: Path) -> CellCheck:
-    ours = bundle_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE
-    if not ours.is_file():
+    path = bundle_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE
+    if not path.is_file():
         return check(True, "bitwise: every metric equal; the bundle has no predictions for it")
-    mine, theirs = load_predictions(ours), load_predictions(rerun_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE)
+    bundled = load_predictions(path)
+    rerun = load_predictions(rerun_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE)
     for name in ("clean_label", "clean_pred", "triggered_index", "triggered_pred"):
-        if not np.array_equal(getattr(mine, name), getattr(theirs, name)):
+        if not np.array_equal(getattr(bundled, name), getattr(rerun, name)):
             return check(False, f"the per-image {name} differs from the rerun's (the metrics are equal)")
-    return check(True, f"bitwise: every metric and all {len(mine.clean_pred) + len(mine.triggered_pred)} per-image "
-                       "predictions equal")
+    count = len(bundled.clean_pred) + len(bundled.triggered_pred)
+    return check(True, f"bitwise: every metric and all {count} per-image predictions equal")

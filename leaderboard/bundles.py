@@ -44,7 +44,8 @@ def open_inputs(paths: list[Path], scratch: Path) -> list[Input]:
             inputs.append(Input(path, "", SELF_REPORTED))
             continue
         bundle = open_bundle(path, Path(scratch) / f"bundle-{index}")
-        inputs.append(Input(bundle.results, f"{path}:{RESULTS_FILE}", VERIFIED if is_verified(bundle) else SELF_REPORTED))
+        evidence = VERIFIED if is_verified(bundle) else SELF_REPORTED
+        inputs.append(Input(bundle.results, f"{path}:{RESULTS_FILE}", evidence))
     return inputs
 
 

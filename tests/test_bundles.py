@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import stat
+import sys
 import zipfile
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import pandas as pd
 import pytest
 
 from benchmark import bundle as bundle_format
+from benchmark import verify
 from benchmark.api import run_grid
-from benchmark.bundle import MANIFEST, BundleError, extract_bundle, record_path
+from benchmark.bundle import MANIFEST, Bundle, BundleError, extract_bundle, record_path
+from benchmark.errors import UserError
 from benchmark.provenance import source_hash
 from benchmark.results import ResultsFile
 from benchmark.verify import choose_cells
@@ -51,7 +54,8 @@ class Jitter(Defense):
         generator = torch.Generator().manual_seed(context.seed)
         with torch.no_grad():
             for parameter in model.parameters():
-                parameter.add_(torch.randn(parameter.shape, generator=generator).to(parameter.device) * self.config.scale)
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter.device)
+                parameter.add_(noise * self.config.scale)
         return model
 '''
 
@@ -89,7 +93,8 @@ def _rewrite(path: Path, change, *, manifest: bool = True) -> None:
     old_manifest = files.pop(MANIFEST)
     change(files)
     if manifest:
-        listing = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in files.items()}
+        listing = {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                   for name, data in files.items()}
         files[MANIFEST] = json.dumps({"format": 1, "files": listing}).encode()
     else:
         files[MANIFEST] = old_manifest
@@ -163,7 +168,10 @@ def test_verify_refuses_a_changed_metric(submitted, cli, tmp_path):
 def test_verify_refuses_a_changed_source_file(submitted, cli, tmp_path):
     bundle = _copy(submitted, tmp_path)
     source = "source/defense/jitter/jitter.py"
-    evil = lambda files: files.update({source: files[source] + b"\nopen('ran', 'w').close()\n"})  # noqa: E731
+
+    def evil(files: dict) -> None:
+        files[source] += b"\nopen('ran', 'w').close()\n"
+
     _rewrite(bundle, evil, manifest=False)
     code, _, err = cli("verify", bundle)
     assert code == 2 and f"{source} does not match its hash in the manifest" in err and "rerunning" not in err
@@ -232,7 +240,8 @@ def test_a_file_that_is_not_a_zip_is_not_a_bundle(cli, tmp_path):
 def test_submit_names_the_defenses_a_run_holds(submitted, cli, tmp_path):
     code, _, err = cli("submit", submitted / "run", "--defense", "cleanclip", "-o", tmp_path / "x.zip",
                        "--preset", TEST_PRESET, "--no-plugin-autoload")
-    assert code == 2 and "no rows of defense 'cleanclip'" in err and "jitter" in err and not (tmp_path / "x.zip").exists()
+    assert code == 2 and "no rows of defense 'cleanclip'" in err and "jitter" in err
+    assert not (tmp_path / "x.zip").exists()
 
 
 def test_default_cells_are_one_per_attack():
@@ -244,3 +253,38 @@ def test_default_cells_are_one_per_attack():
     assert len(choose_cells(rows, "d", "all")) == 4
     with pytest.raises(Exception, match="choose from: .*badnet:1"):
         choose_cells(rows, "d", "badnet:0")
+
+
+def _fake_bundle(tmp_path: Path, components: list[dict]) -> Bundle:
+    return Bundle(tmp_path / "b.zip", tmp_path / "b", {"defense": "x", "components": components}, "0" * 64)
+
+
+def test_verify_loads_a_package_plugin_from_the_bundle_not_from_what_is_installed(tmp_path):
+    package = tmp_path / "b" / "source" / "defense" / "bundled-pkg" / "bundled_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    code = PLUGIN.replace('"jitter"', '"bundled-pkg"').replace("class Jitter(", "class Pkg(")
+    (package / "defense.py").write_text(code)
+    files = ["bundled_pkg/__init__.py", "bundled_pkg/defense.py"]
+    bundle = _fake_bundle(tmp_path, [{"kind": "defense", "name": "bundled-pkg", "origin": "package", "files": files,
+                                      "module": "bundled_pkg.defense", "class": "Pkg",
+                                      "sha256": source_hash(package.parent, files)}])
+    try:
+        verify._load_sources(bundle)
+        assert Path(sys.modules[DEFENSES.get("bundled-pkg").__module__].__file__).parent == package
+    finally:
+        verify._forget_sources(bundle)
+        DEFENSES.unregister("bundled-pkg")
+        for name in [name for name in sys.modules if name.startswith("bundled_pkg")]:
+            del sys.modules[name]
+    assert str(package.parent) not in sys.path
+
+
+def test_a_bundle_may_not_replace_a_builtin_nor_differ_from_it(tmp_path):
+    own_none = {"kind": "defense", "name": "none", "origin": "file", "files": ["none.py"], "sha256": "0" * 64}
+    with pytest.raises(BundleError, match="brings its own code for the built-in defense 'none'"):
+        verify._load_sources(_fake_bundle(tmp_path, [own_none]))
+    assert DEFENSES.source("none") == "built-in"
+    other = {"kind": "defense", "name": "finetune", "origin": "built-in", "files": ["finetune.py"], "sha256": "0" * 64}
+    with pytest.raises(UserError, match="built-in defense 'finetune' here is not the code the bundle was made with"):
+        verify._load_sources(_fake_bundle(tmp_path, [other]))
