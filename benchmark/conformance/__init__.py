@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -52,10 +53,10 @@ def check(component: str | type, *, time_budget: float = DEFAULT_TIME_BUDGET, pr
     chosen = preset or check_preset()
     task = build_task(chosen)
     results: list[CheckResult] = []
-    with _global_generators_kept():
+    with _global_generators_kept(), tempfile.TemporaryDirectory(prefix="cleanbench-check-") as cache:
         for cls in classes:
             if issubclass(cls, Attack):
-                results += check_attack(cls, chosen, task)
+                results += check_attack(cls, chosen, task, Path(cache))
             else:
                 results += check_defense(cls, chosen, task, time_budget)
     return results

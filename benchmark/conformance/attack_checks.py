@@ -9,6 +9,7 @@ from anywhere else (an unseeded ``torch.rand``) would poison differently each ti
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -25,11 +26,12 @@ PAIRS = 200  # pairs handed to poison (with enough of the target class for a lab
 COUNT = 5  # pairs poisoned
 
 
-def check_attack(cls: type[Attack], preset: Preset, task: Task) -> list[CheckResult]:
-    """Every check of the attack ``cls`` on ``preset`` (its ``[attacks.NAME]`` settings) and its data."""
+def check_attack(cls: type[Attack], preset: Preset, task: Task, cache_dir: Path) -> list[CheckResult]:
+    """Every check of the attack ``cls`` on ``preset`` (its ``[attacks.NAME]`` settings) and its data; what the
+    attack derives at some cost (BadCLIP's optimised patch) is cached in ``cache_dir``, as a run caches it."""
     _, settings = split_attack_settings(preset.attacks.get(cls.name))
     name = cls.name
-    context = attack_context(preset, task, SEED, torch.device("cpu"))  # as the runner builds it
+    context = attack_context(preset, task, SEED, torch.device("cpu"), cache_dir)  # as the runner builds it
     target = context.target
     pairs = task.train_pairs.subset(torch.arange(min(PAIRS, len(task.train_pairs))))
     images = to_float(pairs.images[:IMAGES])

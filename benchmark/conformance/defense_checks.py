@@ -82,51 +82,64 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
     frozen, toml = config_checks(cls, settings, f"defenses.{name}")
     results = [attempt(name, "metadata", lambda: metadata_check(cls, "defense")),
                attempt(name, "config-frozen", frozen), attempt(name, "config-toml", toml)]
-    victim = victim_for(preset, task)
-    tokenizer = tokenizer_for(preset.model.name)
-    handed: dict[str, Any] = {}
+    checked = _DefenseRuns(cls, settings, preset, task, victim_for(preset, task), time_budget)
+    for check, body in (("runs-in-budget", checked.runs), ("scorable", checked.scorable),
+                        ("deterministic", checked.deterministic), ("no-test-set-or-manifest", checked.isolated)):
+        results.append(attempt(name, check, body))
+    return results
 
-    def run(other_seed: int) -> nn.Module:
-        model = create_model(preset.model.name)
-        model.load_state_dict(victim.state)
+
+class _DefenseRuns:
+    """The defense run as the runner runs it (the first run kept for the checks that need one), and the checks."""
+
+    def __init__(self, cls: type[Defense], settings: dict[str, Any], preset: Preset, task: Task, victim: Victim,
+                 time_budget: float) -> None:
+        self.cls, self.settings, self.preset, self.task, self.victim = cls, settings, preset, task, victim
+        self.time_budget = time_budget
+        self.tokenizer = tokenizer_for(preset.model.name)
+        self.handed: dict[str, Any] = {}  # what the defense was given
+        self.first: nn.Module | None = None
+
+    def run(self, other_seed: int) -> nn.Module:
+        model = create_model(self.preset.model.name)
+        model.load_state_dict(self.victim.state)
         model.eval()
-        defense = cls.from_settings(settings)
-        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", name),
-                                 effective_recipe(preset.finetune, defense.config), tokenizer, task.val_set,
-                                 Reporter.silent())
-        handed.update(context=context, clean_data=task.clean_pairs, defense=defense)
+        defense = self.cls.from_settings(self.settings)
+        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", self.cls.name),
+                                 effective_recipe(self.preset.finetune, defense.config), self.tokenizer,
+                                 self.task.val_set, Reporter.silent())
+        self.handed.update(context=context, clean_data=self.task.clean_pairs, defense=defense)
         torch.manual_seed(context.seed)  # as the runner seeds it before every defense
         random.seed(other_seed)  # the runner seeds neither Python's nor NumPy's generator: drawing from them
         np.random.seed(other_seed)  # gives another model in every run
         start = time.perf_counter()
-        with time_limit(time_budget):
-            out = defense.apply(model, task.clean_pairs, context)
-        if time.perf_counter() - start > time_budget:
-            raise TimeBudgetExceeded(f"took {time.perf_counter() - start:.0f} s, over the budget of {time_budget:g} s")
+        with time_limit(self.time_budget):
+            out = defense.apply(model, self.task.clean_pairs, context)
+        if time.perf_counter() - start > self.time_budget:
+            raise TimeBudgetExceeded(f"took {time.perf_counter() - start:.0f} s, over the budget of "
+                                     f"{self.time_budget:g} s")
         if not isinstance(out, nn.Module):
             raise TypeError(f"apply returned {type(out).__name__}, not a torch.nn.Module")
         return out
 
-    first: list[nn.Module] = []
-
-    def runs() -> str | None:
-        first.append(run(other_seed=21))
+    def runs(self) -> str | None:
+        self.first = self.run(other_seed=21)
         return None
 
-    def scorable() -> str | None:
-        if not first:
+    def scorable(self) -> str | None:
+        if self.first is None:
             return "not scored: the defense did not run (see runs-in-budget)"
-        metrics = evaluate(classifier_for(first[0], tokenizer, task.test_set, torch.device("cpu")), task.test_set,
-                           target=task.target_index, trigger=victim.attack.apply, seed=SEED, device=torch.device("cpu"))
-        if not 0.0 <= metrics.ca.value <= 1.0 or metrics.ca.n != len(task.test_set):
+        test_set, cpu = self.task.test_set, torch.device("cpu")
+        metrics = evaluate(classifier_for(self.first, self.tokenizer, test_set, cpu), test_set,
+                           target=self.task.target_index, trigger=self.victim.attack.apply, seed=SEED, device=cpu)
+        if not 0.0 <= metrics.ca.value <= 1.0 or metrics.ca.n != len(test_set):
             return f"the evaluator could not score the model: CA {metrics.ca.value} on {metrics.ca.n} images"
         return None
 
-    def deterministic() -> str | None:
-        if not first:
+    def deterministic(self) -> str | None:
+        if self.first is None:
             return "not compared: the defense did not run (see runs-in-budget)"
-        second = run(other_seed=22)
-        a, b = first[0].state_dict(), second.state_dict()
+        a, b = self.first.state_dict(), self.run(other_seed=22).state_dict()
         differ = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k])) + sorted(set(b) - set(a))
         if differ:
             return (f"two runs with the same seed gave different weights ({len(differ)} tensors, e.g. {differ[0]}): "
@@ -134,21 +147,17 @@ def check_defense(cls: type[Defense], preset: Preset, task: Task, time_budget: f
                     "Python's or NumPy's global generator")
         return None
 
-    def isolated() -> str | None:
-        if not handed:
+    def isolated(self) -> str | None:
+        if not self.handed:
             return "not inspected: the defense was never built"
+        task, victim = self.task, self.victim
         forbidden = {id(task): "the task (with the test set)", id(task.test_set): "the test set",
                      id(task.train_pairs): "the victim's training pairs", id(victim.poisoned): "the poisoned pairs",
                      id(victim.manifest): "the poison manifest"}
-        for path, obj in _reachable(handed):
+        for path, obj in _reachable(self.handed):
             if id(obj) in forbidden or isinstance(obj, (PoisonManifest, Task)):
                 return f"{path} is {forbidden.get(id(obj), type(obj).__name__)}: a defense must never receive it"
         return None
-
-    for check, body in (("runs-in-budget", runs), ("scorable", scorable), ("deterministic", deterministic),
-                        ("no-test-set-or-manifest", isolated)):
-        results.append(attempt(name, check, body))
-    return results
 
 
 @contextlib.contextmanager
