@@ -98,7 +98,7 @@ def verify_bundle(path: Path, *, cells: str | None = None, device: str = "auto",
         chosen = choose_cells(rows, defense, cells)
         try:
             _load_sources(bundle)
-            _check_plan(bundle, rows, defense, data_dir)
+            _check_plan(bundle, rows, defense)
             log(f"rerunning {', '.join(f'{a}:{s}' for a, s in chosen)} of {defense} (and the cells they are compared "
                 "with)")
             checks, ran_on = _rerun(bundle, rows, defense, chosen, Path(scratch) / "rerun", device, data_dir,
@@ -184,13 +184,14 @@ def _purge_modules(top: str) -> None:
         del sys.modules[name]
 
 
-def _check_plan(bundle: Bundle, rows: list[dict[str, str]], defense: str, data_dir: str | None) -> None:
-    """The bundled preset must plan every row's cell id (else the rerun would compare other cells)."""
-    missing = unplanned_rows(rows, defense, bundle.folder / PRESET, bundle.meta.get("data_dir") or data_dir)
+def _check_plan(bundle: Bundle, rows: list[dict[str, str]], defense: str) -> None:
+    """The bundled preset, with the data folder the rows were keyed with, must plan every row's cell id (else the
+    rerun would compare other cells)."""
+    missing = unplanned_rows(rows, defense, bundle.folder / PRESET, bundle.meta.get("data_dir"))
     if missing:
         row = missing[0]
         raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × {row['defense']} "
-                        f"seed {row['seed']}) here: another version of an attack or defense, or another --data-dir")
+                        f"seed {row['seed']}) here: another version of an attack or defense")
 
 
 def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: list[tuple[str, int]], out: Path,
@@ -212,14 +213,18 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
     finally:
         torch.set_num_threads(before)
     rerun = {(r["attack"], r["defense"], r["seed"]): r for r in ResultsFile(grid.results).rows.values()}
-    checks = [compare_cell(row, rerun.get((row["attack"], row["defense"], row["seed"])), bundle.folder, out, tolerance)
+    # Another --data-dir than the run's changes every cell id (the data folder is part of the keys), not the cells:
+    # the plan check above already tied the ids to the bundled preset.
+    same_keys = not data_dir or data_dir == bundle.meta.get("data_dir")
+    checks = [compare_cell(row, rerun[(row["attack"], row["defense"], row["seed"])], bundle.folder, out, tolerance,
+                           same_keys)
               for row in rows if row["status"] == "ok" and (row["attack"], row["defense"], row["seed"]) in rerun
               and row["defense"] in (defense, REFERENCE_DEFENSE)]
     return checks, ", ".join(sorted({r["device"] for r in rerun.values()}))
 
 
 def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path, rerun_folder: Path,
-                 tolerance: float) -> CellCheck:
+                 tolerance: float, same_keys: bool = True) -> CellCheck:
     """Compare a bundle row with its rerun: bitwise on the CPU at the same thread count, else within
     ``tolerance``."""
     def check(verified: bool, detail: str) -> CellCheck:
@@ -227,7 +232,7 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
 
     if rerun["status"] != "ok":
         return check(False, f"the rerun failed: {rerun['reason']}")
-    if rerun["cell_id"] != row["cell_id"]:
+    if same_keys and rerun["cell_id"] != row["cell_id"]:
         return check(False, f"the rerun is cell {rerun['cell_id']}, not {row['cell_id']} (another config)")
     bitwise = row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
     if not bitwise:
@@ -236,7 +241,8 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
         if row[column] != rerun[column]:
             return check(False, f"{column} is {row[column] or 'empty'} in the bundle, {rerun[column] or 'empty'} on "
                                 f"the rerun (bitwise on cpu, {row['torch_threads']} threads)")
-    return _same_predictions(check, row["cell_id"], bundle_folder, rerun_folder)
+    return _same_predictions(check, bundle_folder / "cache" / "cells" / row["cell_id"] / PREDICTIONS_FILE,
+                             rerun_folder / "cache" / "cells" / rerun["cell_id"] / PREDICTIONS_FILE)
 
 
 def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun: dict[str, str],
@@ -255,13 +261,10 @@ def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun:
                        f"{rerun['device']} ({rerun['torch_threads']} threads) on the rerun")
 
 
-def _same_predictions(check: Callable[[bool, str], CellCheck], cell_id: str, bundle_folder: Path,
-                      rerun_folder: Path) -> CellCheck:
-    path = bundle_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE
+def _same_predictions(check: Callable[[bool, str], CellCheck], path: Path, rerun_path: Path) -> CellCheck:
     if not path.is_file():
         return check(True, "bitwise: every metric equal; the bundle has no predictions for it")
-    bundled = load_predictions(path)
-    rerun = load_predictions(rerun_folder / "cache" / "cells" / cell_id / PREDICTIONS_FILE)
+    bundled, rerun = load_predictions(path), load_predictions(rerun_path)
     for name in ("clean_label", "clean_pred", "triggered_index", "triggered_pred"):
         if not np.array_equal(getattr(bundled, name), getattr(rerun, name)):
             return check(False, f"the per-image {name} differs from the rerun's (the metrics are equal)")

@@ -288,3 +288,23 @@ def test_a_bundle_may_not_replace_a_builtin_nor_differ_from_it(tmp_path):
     other = {"kind": "defense", "name": "finetune", "origin": "built-in", "files": ["finetune.py"], "sha256": "0" * 64}
     with pytest.raises(UserError, match="built-in defense 'finetune' here is not the code the bundle was made with"):
         verify._load_sources(_fake_bundle(tmp_path, [other]))
+
+
+def test_cells_compare_bitwise_on_the_cpu_at_the_same_thread_count_else_within_the_tolerance(tmp_path):
+    from benchmark.verify import compare_cell
+
+    row = {"attack": "badnet", "defense": "d", "seed": "0", "cell_id": "a" * 16, "status": "ok", "reason": "",
+           "device": "cpu", "torch_threads": "1", "ca": "0.5", "ca_low": "0.4", "ca_high": "0.6", "ca_top5": "0.9",
+           "n_clean": "300", "asr": "0.8", "asr_low": "0.7", "asr_high": "0.9", "n_triggered": "270"}
+    rerun = {**row, "ca": "0.51"}
+    check = compare_cell(row, rerun, tmp_path, tmp_path, 0.02)
+    assert not check.verified
+    assert "ca is 0.5 in the bundle, 0.51 on the rerun (bitwise on cpu, 1 threads)" in check.detail
+    check = compare_cell(row, {**rerun, "torch_threads": "4"}, tmp_path, tmp_path, 0.02)
+    assert check.verified and check.detail.startswith("within 0.02")
+    check = compare_cell({**row, "device": "cuda:0"}, {**rerun, "asr": "0.7"}, tmp_path, tmp_path, 0.02)
+    assert not check.verified
+    assert "asr is 0.8000 in the bundle, 0.7000 on the rerun: more than 0.02 apart" in check.detail
+    other_id = {**row, "cell_id": "b" * 16}
+    assert not compare_cell(row, other_id, tmp_path, tmp_path, 0.02).verified  # another config
+    assert compare_cell(row, other_id, tmp_path, tmp_path, 0.02, same_keys=False).verified  # another --data-dir
