@@ -42,11 +42,12 @@ class Reporter:
         if not self.live:
             yield lambda *args, **kwargs: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True,
-                      console=self.console) as progress:
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("left"),
+                      TimeRemainingColumn(), transient=True, console=self.console) as progress:
             task_id = progress.add_task(description, total=total, info="")
 
             def advance(n: int = 1, **fields: float) -> None:

@@ -4,6 +4,7 @@ concurrent writers never lose a row."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 
 from benchmark.results import COLUMNS, METRIC_COLUMNS, SCHEMA_VERSION, ResultsFile
 from benchmark.runner import plan_grid, run_plan
-from benchmark.runner.executors import LocalPool, SlurmExecutor, SlurmOptions, WorkerSetup
+from benchmark.progress import Reporter
+from benchmark.runner.executors import GRID_BAR, LocalPool, SlurmExecutor, SlurmOptions, WorkerSetup
 from benchmark.runner.lock import SharedResults
 from tests.helpers import small_plan
 
@@ -56,14 +58,37 @@ def test_local_workers_give_the_rows_of_one_process(reference, tmp_path):
     assert (again.victims_trained, again.cells_run, again.cells_skipped) == (0, 0, 2)
 
 
+class BarRecorder(Reporter):
+    """A silent reporter that records, for every bar, the steps advanced against its total."""
+
+    def __init__(self) -> None:
+        super().__init__(quiet=True)
+        self.bars: list[tuple[str, int, int]] = []
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int):
+        done = [0]
+
+        def advance(n: int = 1, **fields) -> None:
+            done[0] += n
+
+        yield advance
+        self.bars.append((description, done[0], total))
+
+
 def test_local_workers_share_a_victims_cells(tmp_path):
-    """Each victim is trained once, then its cells go to whichever worker is free; rows as in one process."""
+    """Each victim is trained once, then its cells go to whichever worker is free; rows as in one process. The
+    coordinator's one bar for the grid counts every victim and cell, with workers as in one process."""
     plan = plan_grid(small_plan().preset, ["badnet"], ["none", "finetune"], [0])
     reference, out = tmp_path / "in-process", tmp_path / "run"
-    run_plan(plan, reference, CPU)
-    summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
+    in_process, pooled = BarRecorder(), BarRecorder()
+    run_plan(plan, reference, CPU, reporter=in_process)
+    summary = run_plan(plan, out, CPU, reporter=pooled, executor=LocalPool(2, SETUP))
     assert (summary.victims_trained, summary.victims_loaded, summary.cells_run, summary.cells_failed) == (2, 0, 4, 0)
     pd.testing.assert_frame_equal(_metrics(out), _metrics(reference))
+    for recorder in (in_process, pooled):
+        grid_bars = [bar for bar in recorder.bars if bar[0] == GRID_BAR]
+        assert grid_bars == [(GRID_BAR, 6, 6)]  # 2 victims + 4 cells, all done
 
 
 def test_cells_of_a_killed_worker_are_recorded_as_failed_and_the_grid_goes_on(tmp_path, monkeypatch):
@@ -73,8 +98,10 @@ def test_cells_of_a_killed_worker_are_recorded_as_failed_and_the_grid_goes_on(tm
 
     plan, out = small_plan(), tmp_path / "run"
     monkeypatch.setenv(ENV, "train-step:1")  # the workers inherit it; the coordinator trains nothing
-    summary = run_plan(plan, out, CPU, executor=LocalPool(2, SETUP))
+    recorder = BarRecorder()
+    summary = run_plan(plan, out, CPU, reporter=recorder, executor=LocalPool(2, SETUP))
     assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (0, 0, 2)
+    assert recorder.bars == [(GRID_BAR, 4, 4)]  # failed victims and their cells still complete the bar
     rows = ResultsFile(out / "results.csv").rows
     assert sorted(rows) == sorted(cell.key for cell in plan.cells)
     for row in rows.values():
@@ -134,7 +161,9 @@ def test_workers_die_with_a_killed_coordinator(tmp_path):
     time.sleep(2)  # let them start their jobs
     os.kill(coordinator.pid, signal.SIGKILL)
     coordinator.wait()
-    deadline = time.time() + 30
+    # A worker still importing torch when the coordinator dies kills itself once it reaches _die_with: on a loaded
+    # machine that can take a minute or more, so the wait is generous (it ends as soon as they are gone).
+    deadline = time.time() + 180
     while time.time() < deadline and any(_running(pid) for pid in workers):
         time.sleep(0.2)
     assert not any(_running(pid) for pid in workers)

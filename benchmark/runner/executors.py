@@ -70,10 +70,19 @@ class InProcess:
     def run(self, plan: Plan, groups: list[Group], out_dir: Path, device: torch.device,
             reporter: Reporter) -> RunSummary:
         summary = RunSummary()
-        with reporter.task("grid", total=sum(len(cells) for _, cells in groups)) as advance:
+        with reporter.task(GRID_BAR, total=grid_jobs(groups)) as advance:
             for spec, cells in groups:
                 summary.merge(run_group(plan, spec, cells, out_dir, device, reporter, advance))
+                advance(1)  # the group's victim, trained or loaded
         return summary
+
+
+GRID_BAR = "grid: victims + cells"  # the one bar the coordinator shows for the whole grid, whatever the executor
+
+
+def grid_jobs(groups: list[Group]) -> int:
+    """The bar's total: one step per victim and one per cell."""
+    return len(groups) + sum(len(cells) for _, cells in groups)
 
 
 class LocalPool:
@@ -105,17 +114,25 @@ class LocalPool:
         reporter.log(f"executor local: {len(groups)} victims, {sum(len(cells) for _, cells in groups)} cells on "
                      f"{len(devices)} workers ({', '.join(devices)}{f', {threads} thread(s) each' if threads else ''})")
         with futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
-                                         initargs=(queue, self.setup, threads, os.getpid())) as pool:
+                                         initargs=(queue, self.setup, threads, os.getpid())) as pool, \
+                reporter.task(GRID_BAR, total=grid_jobs(groups)) as advance:
             jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir), "victim"): ("victim", spec, cells)
                     for spec, cells in groups}
             while jobs:
                 finished, _ = futures.wait(jobs, return_when=futures.FIRST_COMPLETED)
                 for job in finished:
                     stage, spec, cells = jobs.pop(job)
-                    if not _gather(plan, (spec, cells), job, out_dir, summary, reporter) or stage == "cells":
+                    gathered = _gather(plan, (spec, cells), job, out_dir, summary, reporter)
+                    if stage == "cells":
+                        advance(len(cells))
+                        continue
+                    if not gathered:  # the victim failed: its cells are recorded as failed, none is queued
+                        advance(1 + len(cells))
                         continue
                     results = ResultsFile(Path(out_dir) / RESULTS_FILE)  # cells the victim stage did not settle
-                    for cell in (cell for cell in cells if not results.done(cell.key)):
+                    pending = [cell for cell in cells if not results.done(cell.key)]
+                    advance(1 + len(cells) - len(pending))  # the victim, and cells its stage took from the cache
+                    for cell in pending:
                         try:
                             job = pool.submit(_run_in_worker, plan, spec, [cell], str(out_dir), "cells")
                         except futures.process.BrokenProcessPool as error:  # a worker was killed: no new jobs
