@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from attacks.base import Attack, PoisonManifest
+from attacks.base import Attack, AttackContext, PoisonManifest
 from benchmark.conformance.common import SEED, CheckResult, attempt, config_checks, metadata_check
 from benchmark.data.pairs import PairSet, to_float
 from benchmark.presets import Preset, split_attack_settings
@@ -30,17 +30,35 @@ def check_attack(cls: type[Attack], preset: Preset, task: Task, cache_dir: Path)
     """Every check of the attack ``cls`` on ``preset`` (its ``[attacks.NAME]`` settings) and its data; what the
     attack derives at some cost (BadCLIP's optimised patch) is cached in ``cache_dir``, as a run caches it."""
     _, settings = split_attack_settings(preset.attacks.get(cls.name))
-    name = cls.name
-    context = attack_context(preset, task, SEED, torch.device("cpu"), cache_dir)  # as the runner builds it
-    target = context.target
-    pairs = task.train_pairs.subset(torch.arange(min(PAIRS, len(task.train_pairs))))
-    images = to_float(pairs.images[:IMAGES])
+    checked = _AttackRuns(cls, settings, attack_context(preset, task, SEED, torch.device("cpu"), cache_dir),
+                          task.train_pairs.subset(torch.arange(min(PAIRS, len(task.train_pairs)))))
+    frozen, toml = config_checks(cls, settings, f"attacks.{cls.name}")
+    checks: list[tuple[str, Any]] = [
+        ("metadata", lambda: metadata_check(cls, "attack")), ("config-frozen", frozen), ("config-toml", toml),
+        ("apply-keeps-shape-dtype-range", checked.shape_dtype_range), ("leaves-input-untouched", checked.leaves_input),
+        ("poison-returns-pairs-and-manifest", checked.poison_result), ("deterministic", checked.deterministic)]
+    return [attempt(cls.name, check, run) for check, run in checks]
 
-    def build() -> Attack:
-        return cls.from_settings(settings, context=context)
 
-    def shape_dtype_range() -> str | None:
-        out = build().apply(images.clone(), torch.Generator().manual_seed(1))
+class _AttackRuns:
+    """Fresh instances of the attack built as the runner builds them, and the checks of what they return."""
+
+    def __init__(self, cls: type[Attack], settings: dict[str, Any], context: AttackContext, pairs: PairSet) -> None:
+        self.cls, self.settings, self.context, self.pairs = cls, settings, context, pairs
+        self.images = to_float(pairs.images[:IMAGES])
+
+    def build(self) -> Attack:
+        return self.cls.from_settings(self.settings, context=self.context)
+
+    def trigger(self, attack: Attack, images: torch.Tensor) -> torch.Tensor:
+        return attack.apply(images, torch.Generator().manual_seed(1))
+
+    def poison(self, attack: Attack, pairs: PairSet) -> tuple[PairSet, PoisonManifest]:
+        return attack.poison(pairs, self.context.target, COUNT, torch.Generator().manual_seed(2))
+
+    def shape_dtype_range(self) -> str | None:
+        images = self.images
+        out = self.trigger(self.build(), images.clone())
         if not isinstance(out, torch.Tensor):
             return f"apply returned {type(out).__name__}, not a tensor"
         if out.shape != images.shape or out.dtype != images.dtype:
@@ -49,35 +67,33 @@ def check_attack(cls: type[Attack], preset: Preset, task: Task, cache_dir: Path)
             return f"apply returned values in [{out.min().item():.3g}, {out.max().item():.3g}]: keep them in [0, 1]"
         return None
 
-    def leaves_input() -> str | None:
-        given, kept = images.clone(), images.clone()
-        attack = build()
-        attack.apply(given, torch.Generator().manual_seed(1))
-        if not torch.equal(given, kept):
-            return (f"apply changed {int((given != kept).sum())} values of its input images in place: write into "
-                    "a copy (images.clone())")
-        given_pairs = pairs.copy()
-        attack.poison(given_pairs, target, COUNT, torch.Generator().manual_seed(2))
-        if not _same_pairs(given_pairs, pairs):
+    def leaves_input(self) -> str | None:
+        given, attack = self.images.clone(), self.build()
+        self.trigger(attack, given)
+        if not torch.equal(given, self.images):
+            return (f"apply changed {int((given != self.images).sum())} values of its input images in place: "
+                    "write into a copy (images.clone())")
+        given_pairs = self.pairs.copy()
+        self.poison(attack, given_pairs)
+        if not _same_pairs(given_pairs, self.pairs):
             return "poison changed the pairs it was given: change a copy (pairs.copy())"
         return None
 
-    def poison_result() -> str | None:
-        poisoned, manifest = build().poison(pairs.copy(), target, COUNT, torch.Generator().manual_seed(2))
-        if not isinstance(poisoned, PairSet) or len(poisoned) != len(pairs):
-            return f"poison returned {type(poisoned).__name__} of {len(poisoned)} pairs for {len(pairs)} pairs"
+    def poison_result(self) -> str | None:
+        poisoned, manifest = self.poison(self.build(), self.pairs.copy())
+        if not isinstance(poisoned, PairSet) or len(poisoned) != len(self.pairs):
+            return f"poison returned {type(poisoned).__name__} of {len(poisoned)} pairs for {len(self.pairs)} pairs"
         if not isinstance(manifest, PoisonManifest) or len(manifest.indices) != COUNT:
             return f"poison's manifest should be a PoisonManifest naming the {COUNT} pairs asked for"
         return None
 
-    def deterministic() -> str | None:
+    def deterministic(self) -> str | None:
         runs = []
         for global_seed in (11, 12):
             torch.manual_seed(global_seed)  # an attack that draws from the global generator differs between runs
-            attack = build()
-            triggered = attack.apply(images.clone(), torch.Generator().manual_seed(1))
-            poisoned, manifest = attack.poison(pairs.copy(), target, COUNT, torch.Generator().manual_seed(2))
-            runs.append((triggered, poisoned, manifest.to_json()))
+            attack = self.build()
+            poisoned, manifest = self.poison(attack, self.pairs.copy())
+            runs.append((self.trigger(attack, self.images.clone()), poisoned, manifest.to_json()))
         (first, poisoned_a, manifest_a), (second, poisoned_b, manifest_b) = runs
         if not torch.equal(first, second):
             return ("two runs with the same seed triggered the same images differently: draw randomness from the "
@@ -86,13 +102,6 @@ def check_attack(cls: type[Attack], preset: Preset, task: Task, cache_dir: Path)
             return ("two runs with the same seed poisoned differently: draw randomness from the generator passed "
                     "to poison, not torch's global generator")
         return None
-
-    frozen, toml = config_checks(cls, settings, f"attacks.{name}")
-    checks: list[tuple[str, Any]] = [
-        ("metadata", lambda: metadata_check(cls, "attack")), ("config-frozen", frozen), ("config-toml", toml),
-        ("apply-keeps-shape-dtype-range", shape_dtype_range), ("leaves-input-untouched", leaves_input),
-        ("poison-returns-pairs-and-manifest", poison_result), ("deterministic", deterministic)]
-    return [attempt(name, check, run) for check, run in checks]
 
 
 def _describe(images: torch.Tensor) -> str:
