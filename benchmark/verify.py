@@ -32,6 +32,7 @@ from attacks import ATTACKS
 from benchmark import __version__
 from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path
 from benchmark.errors import UserError
+from benchmark.plugins import load_plugins
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import load_predictions
 from benchmark.provenance import git_commit, origin_of
@@ -42,6 +43,7 @@ from defenses import DEFENSES
 
 DEFAULT_TOLERANCE = 0.02  # absolute, on CA, top-5 CA and ASR, where a bitwise comparison is not possible
 TOLERANCE_METRICS = ("ca", "ca_top5", "asr")
+ENGINE_PACKAGES = ("attacks", "benchmark", "cleanbench", "defenses", "leaderboard")  # a bundle may not shadow these
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
@@ -140,8 +142,6 @@ def choose_cells(rows: list[dict[str, str]], defense: str, spec: str | None) -> 
 def _load_sources(bundle: Bundle) -> None:
     """Check built-ins against the code here and load the bundle's own plugin code (a plugin that fails to load
     stops the verification: its cells could not be rerun)."""
-    from benchmark.plugins import load_plugins
-
     specs = []
     for component in bundle.meta["components"]:
         kind, name, files = component["kind"], component["name"], component["files"]
@@ -164,11 +164,14 @@ def _load_sources(bundle: Bundle) -> None:
         module, top = str(component.get("module", "")), files[0].split("/")[0].removesuffix(".py")
         if not _MODULE.fullmatch(module) or module.split(".")[0] != top or not _MODULE.fullmatch(component["class"]):
             raise BundleError(f"the bundle's {kind} '{name}' names module {module!r}, not one of its files: refused")
+        if top in ENGINE_PACKAGES or top in sys.stdlib_module_names:
+            raise BundleError(f"the bundle's {kind} '{name}' would replace the module {top!r}: refused")
         _purge_modules(top)
         sys.path.insert(0, str(root))
         specs.append(f"{module}:{component['class']}")
-    for failure in load_plugins(specs, no_autoload=True):
-        raise UserError(failure.message().replace("and was skipped", "from the bundle"))
+    failures = load_plugins(specs, no_autoload=True)
+    if failures:
+        raise UserError(f"the bundle's plugin '{failures[0].name}' failed to load: {failures[0].error}")
 
 
 def _forget_sources(bundle: Bundle) -> None:

@@ -288,6 +288,11 @@ def test_a_bundle_may_not_replace_a_builtin_nor_differ_from_it(tmp_path):
     other = {"kind": "defense", "name": "finetune", "origin": "built-in", "files": ["finetune.py"], "sha256": "0" * 64}
     with pytest.raises(UserError, match="built-in defense 'finetune' here is not the code the bundle was made with"):
         verify._load_sources(_fake_bundle(tmp_path, [other]))
+    shadow = {"kind": "defense", "name": "shadow", "origin": "package", "files": ["benchmark/__init__.py"],
+              "module": "benchmark.runner", "class": "X", "sha256": "0" * 64}
+    with pytest.raises(BundleError, match="would replace the module 'benchmark'"):
+        verify._load_sources(_fake_bundle(tmp_path, [shadow]))
+    assert "benchmark.bundle" in sys.modules  # nothing was purged
 
 
 def test_cells_compare_bitwise_on_the_cpu_at_the_same_thread_count_else_within_the_tolerance(tmp_path):
