@@ -21,8 +21,11 @@ from importlib import metadata
 from pathlib import Path
 from string import Template
 
+from attacks import ATTACKS
 from benchmark.errors import UserError
+from benchmark.plugins import load_entry_points
 from benchmark.registry import check_name
+from defenses import DEFENSES
 
 KINDS = ("attack", "defense")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -95,10 +98,6 @@ def render(names: PluginNames) -> dict[str, str]:
 
 def _refuse_taken(names: PluginNames) -> None:
     """A name already registered (built-in or installed) would clash with it at load time."""
-    from attacks import ATTACKS
-    from benchmark.plugins import load_entry_points
-    from defenses import DEFENSES
-
     load_entry_points()  # installed plugins' names count too (one that fails to load has none to clash with)
     for registry in (ATTACKS, DEFENSES):
         if names.name in registry:
