@@ -9,6 +9,7 @@ img2dataset's shard statistics (the shards' tar headers otherwise), folder listi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from benchmark.errors import UserError
@@ -43,8 +44,11 @@ def count_items(spec: SourceSpec, role: str) -> int:
 
 
 def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
-             overrides: tuple[str, ...] = (), attack_overrides: dict[str, Any] | None = None) -> Report:
-    """Check everything a run of this grid needs; describe its data, cells, victims and optimizer steps.
+             overrides: tuple[str, ...] = (), attack_overrides: dict[str, Any] | None = None,
+             out: Path | None = None, workers: int = 0) -> Report:
+    """Check everything a run of this grid needs; describe its data, cells, victims and optimizer steps, and
+    estimate its time on this machine (:mod:`benchmark.estimate`; with ``out``, what that folder has not done
+    yet, at the speed its victims trained; ``workers`` 0 as ``run`` chooses them on the CPU).
 
     ``attacks`` and ``defenses`` are the CLI's comma-separated lists ("all"; "none" for no attack).
     """
@@ -70,7 +74,27 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
         report.lines += _attempt(report, lambda: _describe_data(resolved)) or []
     if plan is not None:
         report.lines += _describe_grid(plan)
+        if resolved is not None:
+            report.lines += _attempt(report, lambda: [_estimate(plan, out, workers)]) or []
     return report
+
+
+def _estimate(plan: Plan, out: Path | None, workers: int) -> str:
+    from benchmark.estimate import grid_cost
+    from benchmark.runner.executors import MAX_CPU_WORKERS, cpu_cores
+
+    data = plan.preset.data
+    if data.test_images:
+        test_images = data.test_images
+    elif not data.uses_sources:
+        from benchmark.task import build_task
+
+        test_images = len(build_task(plan.preset).test_set)
+    else:
+        from benchmark.data.source_splits import plan_splits
+
+        test_images = plan_splits(data, count_items(data.train, "train"), count_items(data.eval, "eval")).test_images
+    return grid_cost(plan, out, workers or min(cpu_cores(), MAX_CPU_WORKERS), test_images).describe()
 
 
 def _attempt(report: Report, check):

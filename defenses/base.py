@@ -79,6 +79,13 @@ class Defense(ABC):
     def from_settings(cls, settings: dict[str, Any] | None) -> "Defense":
         return cls(build_config(cls.Config, settings, f"defenses.{cls.name}"))
 
+    def passes_per_pair(self) -> float:
+        """Training passes (forward and backward) per clean pair and epoch, counted in CLIP-loss steps: what
+        ``cleanbench run`` and ``validate`` multiply by the recipe's pairs and epochs to estimate the grid's time.
+        1 for a defense that trains with the recipe, 0 for one that does not; a defense that forwards more views
+        of each pair says so."""
+        return 1.0 if self.uses_recipe else 0.0
+
     @abstractmethod
     def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
         """Return the defended model (the input may be modified in place). ``clean_data`` is in memory or streamed

@@ -33,6 +33,9 @@ def validate_command(
     poison_count: Optional[int] = PoisonCountOption,
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
+    out: Optional[Path] = typer.Option(None, help="The run's output folder: the time estimate then leaves out what "
+                                                  "it already holds and uses the speed its victims trained at."),
+    workers: int = typer.Option(0, help="Workers the run will use (0: as `run` chooses them on the CPU)."),
 ) -> None:
     """Check names, configs, every data path and the target class; print the plan. Trains nothing, no GPU."""
     from benchmark.validate import validate
@@ -40,7 +43,7 @@ def validate_command(
     load_plugins(plugin, no_plugin_autoload)
     chosen = load_with_data_dir(preset, data_dir)
     report = validate(chosen, attacks, defenses, parse_seeds(seeds), overrides=tuple(data or ()),
-                      attack_overrides=attack_overrides(poison_rate, poison_count))
+                      attack_overrides=attack_overrides(poison_rate, poison_count), out=out, workers=workers)
     typer.echo(f"preset {chosen.name} ({chosen.source})")
     for line in report.lines:
         typer.echo(f"  {line}")

@@ -223,6 +223,10 @@ class CleanCLIP(Defense):
     version = "2"  # 2: AutoAugment drawn per image but applied a batch at a time (other draws, same distribution)
     Config = CleanCLIPConfig
 
+    def passes_per_pair(self) -> float:
+        """The original and its augmented view go through the model together: two passes, one with λ2 = 0."""
+        return 2.0 if self.config.inmodal_weight > 0 else 1.0
+
     def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
         config = self.config
         if len(clean_data) < 2:
