@@ -66,7 +66,6 @@ from benchmark.seeding import derive_seed
 from benchmark.storage import atomic_path, content_key
 
 PATCH_FILE = "patch.safetensors"
-LOCATIONS = ("middle", "top-left", "top-right", "bottom-left", "bottom-right")
 
 
 @dataclass(frozen=True)
