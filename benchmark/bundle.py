@@ -37,7 +37,7 @@ from typing import Any
 from benchmark.errors import UserError
 from benchmark.provenance import source_hash
 from benchmark.results import RESULTS_FILE, ResultsFile
-from benchmark.storage import atomic_path
+from benchmark.storage import atomic_path, sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -95,7 +95,7 @@ def write_bundle(path: Path, files: dict[str, bytes]) -> str:
                 info = zipfile.ZipInfo(name, _ZIP_DATE)
                 info.external_attr = (stat.S_IFREG | 0o644) << 16
                 archive.writestr(info, data, zipfile.ZIP_DEFLATED)
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def open_bundle(path: Path, folder: Path) -> Bundle:
@@ -105,7 +105,7 @@ def open_bundle(path: Path, folder: Path) -> Bundle:
     extract_bundle(path, folder)
     meta = _read_meta(folder)
     check_sources(folder, meta)
-    return Bundle(path, Path(folder), meta, file_sha256(path))
+    return Bundle(path, Path(folder), meta, sha256_file(path))
 
 
 def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
@@ -239,14 +239,6 @@ def check_sources(folder: Path, meta: dict[str, Any]) -> None:
                 raise BundleError(f"row {row['cell_id']} ({row['attack']} × {row['defense']} seed {row['seed']}) "
                                   f"records another source hash for {kind} '{row[kind]}' than the bundled source: "
                                   "refused")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def record_path(bundle: Path) -> Path:

@@ -8,7 +8,6 @@ on every load, so a checkpoint cut short by a crash is never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions
-from benchmark.storage import write_json_atomic, write_text_atomic
+from benchmark.storage import sha256_file, write_json_atomic, write_text_atomic
 
 _KEY = re.compile(r"[0-9a-f]{16}")
 
@@ -87,11 +86,3 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return data if isinstance(data, dict) else None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
