@@ -66,7 +66,6 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from attacks import ATTACKS
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
-    from benchmark.estimate import grid_cost
     from benchmark.progress import Reporter
     from benchmark.runner import plan_grid, run_plan
     from benchmark.storage import check_output_folder
@@ -84,7 +83,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     torch_device = resolve_device(device)
     set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
     check_output_folder(Path(out))  # a folder that cannot be written is reported before anything runs
-    task = build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
+    build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
     if before_run is not None:
         before_run()
     torch_device = distributed.init_from_env(torch_device)
@@ -93,9 +92,6 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     out = Path(out)
     grid_executor = build_executor(executor, workers=workers, gpus=gpus, device=torch_device, device_name=device,
                                    out=out, plugins=plugins, no_plugin_autoload=no_plugin_autoload, slurm=slurm)
-    if main:
-        cost = grid_cost(plan, out, getattr(grid_executor, "workers", 1), len(task.test_set.labels), torch_device)
-        reporter.log(cost.describe())
     # logs the plan once the output folder is checked and locked
     summary = run_plan(plan, out, torch_device, reporter, executor=grid_executor)
     run = GridRun(plan, summary, out)

@@ -47,7 +47,7 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
              overrides: tuple[str, ...] = (), attack_overrides: dict[str, Any] | None = None,
              out: Path | None = None, workers: int = 0) -> Report:
     """Check everything a run of this grid needs; describe its data, cells, victims and optimizer steps, and
-    estimate its time on this machine (:mod:`benchmark.estimate`; with ``out``, what that folder has not done
+    estimate its time on this machine (:mod:`benchmark.runner.cost`; with ``out``, what that folder has not done
     yet, at the speed its victims trained; ``workers`` 0 as ``run`` chooses them on the CPU).
 
     ``attacks`` and ``defenses`` are the CLI's comma-separated lists ("all"; "none" for no attack).
@@ -80,7 +80,7 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
 
 
 def _estimate(plan: Plan, out: Path | None, workers: int) -> str:
-    from benchmark.estimate import grid_cost
+    from benchmark.runner.cost import grid_cost
     from benchmark.runner.executors import MAX_CPU_WORKERS, cpu_cores
 
     data = plan.preset.data
@@ -94,7 +94,8 @@ def _estimate(plan: Plan, out: Path | None, workers: int) -> str:
         from benchmark.data.source_splits import plan_splits
 
         test_images = plan_splits(data, count_items(data.train, "train"), count_items(data.eval, "eval")).test_images
-    return grid_cost(plan, out, workers or min(cpu_cores(), MAX_CPU_WORKERS), test_images).describe()
+    workers = workers or min(cpu_cores(), MAX_CPU_WORKERS)
+    return grid_cost(plan, out, workers, test_images, threads=max(1, cpu_cores() // workers)).describe()
 
 
 def _attempt(report: Report, check):

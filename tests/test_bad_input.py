@@ -20,7 +20,7 @@ import pytest
 from attacks import ATTACKS
 from benchmark.presets import builtin_presets
 from benchmark.results import COLUMNS, SCHEMA_VERSION
-from benchmark.training_recipe import TrainRecipe
+from benchmark.training_recipe import VictimRecipe
 from defenses import DEFENSES
 from tests.helpers import TEST_PRESET
 
@@ -50,7 +50,7 @@ CASES = [
     Case("unknown-attack", "Unknown attack 'blend'. Did you mean: blended? Available: {attacks}.", ("--attacks", "blend")),
     Case("unknown-defense", "Unknown defense 'cleenclip'. Did you mean: cleanclip? Available: {defenses}.",
          ("--defenses", "cleenclip")),
-    Case("unknown-preset", "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny? Available: {presets} "
+    Case("unknown-preset", "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl? Available: {presets} "
          "(or a path to a .toml file).", ("--preset", "fmnist-tiney")),
     Case("missing-preset-file", "preset file {root}/nope.toml does not exist", ("--preset", "{root}/nope.toml")),
     Case("unknown-model", "Unknown model 'cleanbench-vit-tinny'. Did you mean: cleanbench-vit-tiny? Run "
@@ -182,7 +182,7 @@ def placeholders(root: Path, out: Path, preset: Path) -> dict[str, object]:
 
     return {"root": root, "out": out, "preset": preset, "schema": SCHEMA_VERSION,
             "attacks": ", ".join(ATTACKS.names()), "defenses": ", ".join(DEFENSES.names()),
-            "presets": ", ".join(builtin_presets()), "recipe_keys": keys(TrainRecipe),
+            "presets": ", ".join(builtin_presets()), "recipe_keys": keys(VictimRecipe),
             "badnet_keys": keys(BadNet.Config), "finetune_keys": keys(Finetune.Config),
             "appended_line": len(TEST_PRESET.read_text().splitlines()) + 2}
 

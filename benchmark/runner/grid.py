@@ -15,7 +15,8 @@ import torch
 from benchmark.distributed import barrier, world
 from benchmark.progress import Reporter
 from benchmark.results import RESULTS_FILE, ResultsFile
-from benchmark.runner.executors import Executor, InProcess
+from benchmark.runner.cost import grid_cost
+from benchmark.runner.executors import Executor, InProcess, cpu_cores
 from benchmark.runner.lock import OutputLock
 from benchmark.runner.plan import Plan
 from benchmark.runner.record import RunSummary
@@ -34,10 +35,15 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     # Refuse a foreign, other-version or other-config results file before writing anything.
     ResultsFile(out_dir / RESULTS_FILE).refuse_changed_configs(
         [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
-    build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
+    task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
+    executor = executor if executor is not None else InProcess()
     with OutputLock(out_dir) if world().is_main else contextlib.nullcontext():
         reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
                      f"device {device}, output {out_dir}")
+        if not reporter.quiet:
+            workers = getattr(executor, "workers", 1)
+            reporter.log(grid_cost(plan, out_dir, workers, len(task.test_set.labels), device,
+                                   threads=max(1, cpu_cores() // workers)).describe())
         results = ResultsFile(out_dir / RESULTS_FILE)
         barrier()  # under torchrun every rank has read the results before rank 0 writes
         if world().is_main and remove_stale_temporaries(out_dir):
@@ -49,6 +55,5 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
         if not pending:
             return summary
         groups = [(spec, [cell for cell in pending if cell.victim.key == spec.key]) for spec in plan.victims]
-        executor = executor if executor is not None else InProcess()
         summary.merge(executor.run(plan, [group for group in groups if group[1]], out_dir, device, reporter))
     return summary

@@ -56,9 +56,10 @@ class GridCost:
 
 
 def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
-              device: torch.device = torch.device("cpu")) -> GridCost:
+              device: torch.device = torch.device("cpu"), threads: int = 1) -> GridCost:
     """The cost of what ``plan`` has not done yet in ``out_dir`` (everything, when ``out_dir`` is None), with
-    ``test_images`` clean test images per evaluation."""
+    ``test_images`` clean test images per evaluation; a speed to measure is measured at ``threads`` threads (a
+    worker's share of the CPU)."""
     preset = plan.preset
     store = ArtifactStore(out_dir / "cache") if out_dir is not None else None
     results = ResultsFile(out_dir / RESULTS_FILE) if out_dir is not None and (out_dir / RESULTS_FILE).exists() else None
@@ -75,7 +76,7 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
         passes += 2 * test_images * EVAL_PASS_COST
     speed, source = recorded_speed(store) if store is not None else (None, "")
     if speed is None:
-        speed, source = measure_speed(preset, workers, device), f"measured: {MEASURED_STEPS} training steps just now"
+        speed, source = measure_speed(preset, threads, device), f"measured: {MEASURED_STEPS} training steps just now"
     return GridCost(len(victims), len(cells), passes, speed, source, workers)
 
 
@@ -101,17 +102,15 @@ def recorded_speed(store: ArtifactStore) -> tuple[float | None, str]:
     return statistics.median(speeds), f"median of {len(speeds)} victims this folder trained"
 
 
-def measure_speed(preset: Preset, workers: int, device: torch.device = torch.device("cpu")) -> float:
-    """Training images per second of the preset's model on ``device``, at one worker's share of the CPU
-    threads: a few CLIP-loss steps on random images and captions (batches of at most ``MEASURED_BATCH``, so a
+def measure_speed(preset: Preset, threads: int, device: torch.device = torch.device("cpu")) -> float:
+    """Training images per second of the preset's model on ``device`` with ``threads`` CPU threads: a few CLIP-loss steps on random images and captions (batches of at most ``MEASURED_BATCH``, so a
     large model on a CPU is measured in seconds), after one untimed step."""
     from benchmark.data.batches import Normalizer
     from benchmark.models import create_model, tokenizer_for
-    from benchmark.runner.executors import cpu_cores
     from benchmark.training import clip_loss, parameter_groups
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, cpu_cores() // max(1, workers)))
+    torch.set_num_threads(max(1, threads))
     try:
         model = create_model(preset.model.name, seed=0).to(device)
         size, batch_size = preset.data.image_size, min(preset.victim.batch_size, MEASURED_BATCH)

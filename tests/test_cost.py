@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-import benchmark.estimate as estimate
+import benchmark.runner.cost as estimate
 from benchmark.presets import load_preset
 from benchmark.runner import plan_grid
 from benchmark.runner.store import ArtifactStore
@@ -30,7 +30,7 @@ def test_defenses_say_how_many_passes_a_clean_pair_costs():
 
 @pytest.mark.parametrize("objective, views", [("clip", 1), ("clip+ssl", 2)])
 def test_the_cost_of_a_fresh_grid_is_the_sum_of_its_passes(monkeypatch, objective, views):
-    monkeypatch.setattr(estimate, "measure_speed", lambda preset, workers, device: 100.0)
+    monkeypatch.setattr(estimate, "measure_speed", lambda preset, threads, device: 100.0)
     plan = _plan(objective)
     data, victim, finetune = plan.preset.data, plan.preset.victim, plan.preset.finetune
     cost = estimate.grid_cost(plan, None, workers=2, test_images=300)
@@ -69,7 +69,7 @@ def test_a_clip_ssl_victims_speed_counts_both_views(tmp_path):
 
 
 def test_measuring_the_speed_takes_a_few_real_steps():
-    speed = estimate.measure_speed(load_preset(str(TEST_PRESET)), workers=1)
+    speed = estimate.measure_speed(load_preset(str(TEST_PRESET)), threads=1)
     assert 1 < speed < 1e6
 
 
