@@ -20,10 +20,13 @@ from pathlib import Path
 
 import torch
 
+from benchmark.data.batches import Normalizer
+from benchmark.models import create_model, tokenizer_for
 from benchmark.presets import Preset
 from benchmark.results import RESULTS_FILE, ResultsFile
 from benchmark.runner.plan import Plan
 from benchmark.runner.store import ArtifactStore
+from benchmark.training import clip_loss, parameter_groups
 from defenses import DEFENSES
 
 EVAL_PASS_COST = 1 / 3  # a forward pass without backward, relative to a training pass
@@ -105,10 +108,6 @@ def recorded_speed(store: ArtifactStore) -> tuple[float | None, str]:
 def measure_speed(preset: Preset, threads: int, device: torch.device = torch.device("cpu")) -> float:
     """Training images per second of the preset's model on ``device`` with ``threads`` CPU threads: a few CLIP-loss steps on random images and captions (batches of at most ``MEASURED_BATCH``, so a
     large model on a CPU is measured in seconds), after one untimed step."""
-    from benchmark.data.batches import Normalizer
-    from benchmark.models import create_model, tokenizer_for
-    from benchmark.training import clip_loss, parameter_groups
-
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
