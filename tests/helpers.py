@@ -3,7 +3,9 @@ small runner plan and a hostile pickle. A plain module (tests import it as ``tes
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
 from pathlib import Path
 
 import torch
@@ -96,3 +98,24 @@ class RunsCode:
 
     def __reduce__(self):
         return (exec, (f"open({str(self.path)!r}, 'w').close()",))
+
+
+README = Path(__file__).parent.parent / "README.md"
+INTERNAL = {"attacks", "defenses", "benchmark", "leaderboard"}  # the engine: importable, but not the public API
+
+
+def imported_packages(code: str) -> set[str]:
+    """The top-level packages ``code`` imports."""
+    modules = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            modules |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            modules.add((node.module or "").partition(".")[0])
+    return modules
+
+
+def readme_walkthrough() -> list[str]:
+    """The README's plugin walkthrough, one command per line (comments dropped)."""
+    block = re.search(r"```bash\n(cleanbench new defense my-defense.*?)```", README.read_text(), re.S).group(1)
+    return [line.partition("#")[0].strip() for line in block.splitlines()]

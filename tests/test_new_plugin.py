@@ -4,6 +4,7 @@ line and exit 2 with nothing written."""
 
 from __future__ import annotations
 
+import csv
 import subprocess
 import sys
 import sysconfig
@@ -14,7 +15,7 @@ import pytest
 from attacks import ATTACKS
 from benchmark.conformance import check
 from defenses import DEFENSES
-from tests.test_readme_plugin import INTERNAL, imported_packages
+from tests.helpers import INTERNAL, TEST_PRESET, imported_packages, readme_walkthrough
 
 FILES = {"pyproject.toml", "README.md", "{module}/__init__.py", "tests/test_{module}.py"}
 
@@ -70,7 +71,8 @@ def test_a_bad_name_is_one_line_exit_2_and_nothing_written(cli, tmp_path, args, 
 @pytest.mark.slow
 def test_the_new_package_installs_and_passes_its_own_test_and_check(tmp_path):
     """In a scratch environment layered on this one (the shared one keeps no test plugin): pip install -e, then
-    the package's own pytest, ``cleanbench check NAME`` and ``cleanbench list`` through its entry point."""
+    the package's own pytest, ``cleanbench check NAME`` and ``cleanbench list`` through its entry point, then the
+    rest of the README's walkthrough: run, submit, verify and a leaderboard that shows the entry verified."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -92,3 +94,14 @@ def test_the_new_package_installs_and_passes_its_own_test_and_check(tmp_path):
     assert "PASS my-defense/runs-in-budget" in checked.stdout
     listed = run("-m", "benchmark.cli", "list", "defenses")
     assert listed.returncode == 0 and "my-defense" in listed.stdout
+
+    # The rest of the README's walkthrough as written, at test size: run, submit, verify, leaderboard
+    test_size = {"run": ["--preset", str(TEST_PRESET), "--seeds", "0", "--device", "cpu", "--workers", "1"],
+                 "submit": ["--preset", str(TEST_PRESET)], "verify": ["--device", "cpu"]}
+    for command in readme_walkthrough()[3:]:
+        args = command.split()[1:]
+        done = run("-m", "benchmark.cli", *args, *test_size.get(args[0], []))
+        assert done.returncode == 0, f"{command}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+    with open(package / "board" / "leaderboard.csv", newline="") as handle:
+        board = list(csv.DictReader(handle))
+    assert {row["evidence"] for row in board if row["defense"] == "my-defense"} == {"verified"}

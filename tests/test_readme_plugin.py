@@ -3,29 +3,15 @@ not be broken, nor depend on the engine's internal modules."""
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
 import cleanbench
 from benchmark import plugins
-
-README = Path(__file__).parent.parent / "README.md"
-INTERNAL = {"attacks", "defenses", "benchmark", "leaderboard"}  # the engine: importable, but not the public API
+from tests.helpers import INTERNAL, README, imported_packages, readme_walkthrough
 
 
 def readme_plugin() -> str:
     return re.search(r"```python\n(# my_defense.py.*?)```", README.read_text(), re.S).group(1)
-
-
-def imported_packages(code: str) -> set[str]:
-    modules = set()
-    for node in ast.walk(ast.parse(code)):
-        if isinstance(node, ast.Import):
-            modules |= {alias.name.partition(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            modules.add((node.module or "").partition(".")[0])
-    return modules
 
 
 def test_readme_plugin_imports_cleanbench_and_no_internal_module():
@@ -46,8 +32,12 @@ def test_readme_plugin_loads_and_passes_the_conformance_checks(tmp_path):
     assert {result.name for result in results} >= {"config-frozen", "deterministic", "runs-in-budget", "scorable"}
 
 
-def test_readme_walkthrough_is_new_install_check_run():
-    block = re.search(r"```bash\n(cleanbench new defense my-defense.*?)```", README.read_text(), re.S).group(1)
-    commands = [line.partition("#")[0].strip() for line in block.splitlines()]
-    assert commands == ["cleanbench new defense my-defense", "pip install -e my-defense",
-                        "cleanbench check my-defense", "cleanbench run --attacks badnet --defenses none,my-defense"]
+WALKTHROUGH = ["cleanbench new defense my-defense", "pip install -e my-defense", "cleanbench check my-defense",
+               "cleanbench run --attacks badnet --defenses none,my-defense --out results",
+               "cleanbench submit results --defense my-defense -o my-defense.zip",
+               "cleanbench verify my-defense.zip", "cleanbench leaderboard my-defense.zip --out board"]
+
+
+def test_readme_walkthrough_is_new_install_check_run_submit_verify_leaderboard():
+    """The commands the slow test in test_new_plugin.py runs, in a scratch environment, on the test preset."""
+    assert readme_walkthrough() == WALKTHROUGH
