@@ -175,11 +175,16 @@ def _load_sources(bundle: Bundle) -> None:
 
 
 def _forget_sources(bundle: Bundle) -> None:
-    """Take the bundle's folders back off ``sys.path`` (the scratch folder is about to be deleted)."""
+    """Take the bundle's code back out of this process: its folders off ``sys.path`` and its plugins out of the
+    registries (the scratch folder they were loaded from is about to be deleted)."""
     for component in bundle.meta["components"]:
-        root = str(bundle.source_dir(component["kind"], component["name"]))
+        kind, name = component["kind"], component["name"]
+        root = str(bundle.source_dir(kind, name))
         while root in sys.path:
             sys.path.remove(root)
+        registry = DEFENSES if kind == "defense" else ATTACKS
+        if component.get("origin") != "built-in" and name in registry and registry.source(name) != "built-in":
+            registry.unregister(name)
 
 
 def _purge_modules(top: str) -> None:
