@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks import ATTACKS
-from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget
+from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget, target_pair_indices
 from attacks.surrogate import train_surrogate
 from benchmark.config import check_range, config_dict
 from benchmark.data.pairs import PairSet, to_float
@@ -215,9 +215,7 @@ def split_target_pairs(pairs: Pairs | None, target: PoisonTarget, positive_fract
     the patch is optimised on and the disjoint positive bank (``positive_fraction`` of them, at least one)."""
     if pairs is None:
         raise UserError(f"attacks.{name} needs the clean pairs in the attack context (the runner provides them)")
-    names = (target.name, *target.synonyms)
-    found = [i for i, (caption, label) in enumerate(zip(pairs.captions, pairs.labels.tolist()))
-             if label == target.index or any(word in caption for word in names)]
+    found = target_pair_indices(pairs, target).tolist()
     if len(found) < 2:
         raise UserError(f"attacks.{name}: the clean pairs hold {len(found)} pairs of the target '{target.name}'; "
                         "the patch needs at least 2 (one to optimise on, one positive)")

@@ -147,3 +147,13 @@ class Attack(ABC):
         """The manifest of poisoning ``indices``, with this attack's name, version, config and seed."""
         return PoisonManifest(self.name, self.version, config_dict(self.config), self.context.seed, target.name,
                               indices.tolist(), before, after, dict(extra or {}))
+
+
+def target_pair_indices(pairs: Pairs, target: PoisonTarget) -> torch.Tensor:
+    """Indices of the pairs that belong to the target: label is the target, or the caption names it or a synonym
+    (a case-sensitive substring test, as the CleanCLIP code's ``"banana" in caption``). Reads captions and labels
+    only, never images."""
+    names = (target.name, *target.synonyms)
+    eligible = torch.tensor([int(label) == target.index or any(name in caption for name in names)
+                             for caption, label in zip(pairs.captions, pairs.labels.tolist())], dtype=torch.bool)
+    return torch.nonzero(eligible).squeeze(1)

@@ -40,7 +40,7 @@ from torch import nn
 
 from attacks import ATTACKS
 from attacks.badnet import BadNet, BadNetConfig
-from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget
+from attacks.base import Attack, Pairs, PoisonManifest, PoisonTarget, target_pair_indices
 from attacks.surrogate import train_surrogate
 from benchmark.config import check_range
 from benchmark.data.pairs import PairSet, to_float, to_uint8
@@ -122,10 +122,7 @@ def select_target_pairs(attack: str, pairs: Pairs, target: PoisonTarget, count: 
     """The selection of every clean-label attack (this one, ``sig``): ``count`` indices drawn at random among
     the pairs whose label is the target or whose caption names it or a synonym (module docstring). ``attack``
     names the attack in the error raised when there are fewer such pairs than ``count``."""
-    names = (target.name, *target.synonyms)
-    eligible = torch.tensor([int(label) == target.index or any(name in caption for name in names)
-                             for caption, label in zip(pairs.captions, pairs.labels.tolist())], dtype=torch.bool)
-    candidates = torch.nonzero(eligible).squeeze(1)
+    candidates = target_pair_indices(pairs, target)
     if count > len(candidates):
         raise UserError(f"attacks.{attack}: poison count {count} is larger than the {len(candidates)} training "
                         f"pairs of the target '{target.name}' (of {len(pairs)}); a clean-label attack can poison at "
