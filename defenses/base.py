@@ -1,8 +1,17 @@
-"""The ``Defense`` contract every defense implements, built-in or plugin.
+"""The ``Defense`` contract every defense implements, built-in or plugin, at one of three stages.
 
-A defense receives the (possibly backdoored) victim and the preset's clean pairs (its budget, disjoint from the
-victim's training pairs) and returns a model. The returned model is evaluated zero-shot, unless it brings its
-own classifier (:class:`benchmark.metrics.BringsOwnClassifier`), as supervised finetuning does.
+* ``post-training`` (:class:`Defense`, ``apply``): receives the (possibly backdoored) victim and the preset's clean
+  pairs (its budget, disjoint from the victim's training pairs) and returns a model. CleanCLIP, finetuning, PAR.
+* ``training`` (:class:`TrainingDefense`, ``train``): trains the victim itself, from the same initialisation,
+  on the poisoned training pairs exactly as the victim would get them. RoCLIP, SafeCLIP.
+* ``data`` (:class:`Detector`, ``score``): gets the poisoned training pairs and the no-defense victim trained on
+  them, and returns one suspicion score per pair. The runner drops the highest-scored pairs at the preset's
+  removal budget (``[detection] removal_rate``), retrains the victim on the rest with the victim's recipe, and
+  scores the detection against the poison manifest. Huang et al.'s k-distance, SLOF and DAO.
+
+No stage sees the poison manifest or the test set: the runner holds them. Every stage's model is evaluated
+zero-shot, unless it brings its own classifier (:class:`benchmark.metrics.BringsOwnClassifier`), as supervised
+finetuning does.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ class DefenseContext:
 
     device: torch.device
     seed: int
-    recipe: TrainRecipe
+    recipe: TrainRecipe  # post-training: the defense's finetuning recipe; training and data: the victim's
     tokenizer: Any
     val_set: EvalSet
     reporter: Reporter
@@ -63,12 +72,18 @@ def effective_recipe(recipe: TrainRecipe, config: Any) -> TrainRecipe:
     return dataclasses.replace(recipe, **overrides)
 
 
+DEFENSE_STAGES = ("post-training", "training", "data")
+
+
 class Defense(ABC):
-    """Base class: subclasses set ``name``, ``version``, a frozen ``Config`` dataclass and implement ``apply``."""
+    """Base class: subclasses set ``name``, ``version``, a frozen ``Config`` dataclass and implement ``apply``
+    (a post-training defense), or derive from :class:`TrainingDefense` or :class:`Detector` for the other
+    stages."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = object
+    stage: ClassVar[str] = "post-training"
     # Whether the defense trains with the preset's finetuning recipe; its rows then record that recipe.
     uses_recipe: ClassVar[bool] = True
 
@@ -91,3 +106,51 @@ class Defense(ABC):
         """Return the defended model (the input may be modified in place). ``clean_data`` is in memory or streamed
         from disk (:func:`benchmark.data.batches.pair_batches` batches either)."""
 
+
+
+class TrainingDefense(Defense):
+    """A training-stage defense: it trains the victim itself on the poisoned training pairs (RoCLIP, SafeCLIP).
+
+    The runner hands :meth:`train` a model initialised exactly as the no-defense victim was, the training pairs
+    as the victim got them (poisoned, no manifest), and a context whose ``recipe`` is the preset's ``[victim]``
+    recipe: the defense trains with that budget so it is compared with the victim it replaces.
+    """
+
+    stage = "training"
+    uses_recipe = False  # it trains with the victim's recipe, which the row records with the victim
+
+    def passes_per_pair(self) -> float:
+        """Training passes per training pair and epoch, in CLIP-loss steps (2 for a defense that forwards two
+        views of each pair): the cost estimate multiplies this by a victim's training."""
+        return 1.0
+
+    def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
+        raise TypeError(f"defense {self.name} acts at the training stage: the runner calls train(), not apply()")
+
+    @abstractmethod
+    def train(self, model: nn.Module, train_data: Pairs, context: DefenseContext) -> nn.Module:
+        """Return ``model`` (freshly initialised, as the victim was) trained on ``train_data``, the poisoned
+        training pairs, with ``context.recipe`` (the victim's recipe)."""
+
+
+class Detector(Defense):
+    """A data-stage defense: one suspicion score per training pair, higher meaning more likely poisoned.
+
+    :meth:`score` gets the no-defense victim of the same attack and seed (trained on these very pairs, in eval
+    mode) and the poisoned training pairs; it must not train on them. The runner removes the top
+    ``[detection] removal_rate`` of the pairs, retrains the victim on the rest, and scores the detection.
+    """
+
+    stage = "data"
+    uses_recipe = False  # the retrained victim uses the victim's recipe, which the row records with the victim
+
+    def passes_per_pair(self) -> float:
+        """A detector's cost is one victim retrained (its scoring pass is a forward over the training pairs)."""
+        return 1.0
+
+    def apply(self, model: nn.Module, clean_data: Pairs, context: DefenseContext) -> nn.Module:
+        raise TypeError(f"defense {self.name} acts at the data stage: the runner calls score(), not apply()")
+
+    @abstractmethod
+    def score(self, model: nn.Module, train_data: Pairs, context: DefenseContext) -> torch.Tensor:
+        """One finite float score per pair of ``train_data`` (shape ``(N,)``), higher = more suspicious."""
