@@ -140,6 +140,21 @@ def unknown_class_message(target: str, classnames: tuple[str, ...] | list[str]) 
 
 
 @dataclass(frozen=True)
+class DetectionSpec:
+    """How the runner acts on a data-stage defense's scores: it removes the ``removal_rate`` share of the
+    training pairs that scored highest, and retrains the victim on the rest.
+
+    The budget is the defender's, fixed before any attack is known, and the same for every attack: a detector
+    does not learn the poison rate. Its cost on clean data is the benign control's CA after that removal.
+    """
+
+    removal_rate: float = 0.1
+
+    def __post_init__(self) -> None:
+        check_range("detection.removal_rate", self.removal_rate, 0.0, 1.0, high_inclusive=False)
+
+
+@dataclass(frozen=True)
 class Preset:
     """A complete scenario; ``attacks``/``defenses`` hold per-component settings (poison rate, config keys)."""
 
@@ -152,6 +167,7 @@ class Preset:
     finetune: TrainRecipe
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    detection: DetectionSpec = DetectionSpec()
     # How hyperparameters were chosen, recorded in every row: ``recipe`` for the shared [finetune] recipe, a
     # defense's name for its own settings. Absent means "fixed in the preset" (issue 4's fair-tuning protocol).
     tuning: dict[str, str] = field(default_factory=dict)
@@ -217,7 +233,8 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
     raw = dict(raw)
-    known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses", "tuning"}
+    known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses", "tuning",
+             "detection"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"Unknown preset key(s) {', '.join(unknown)} in {source or 'preset'}. Known: {', '.join(sorted(known))}.")
@@ -234,6 +251,7 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         finetune=build_config(TrainRecipe, raw.get("finetune"), "finetune"),
         attacks={k: dict(v) for k, v in raw.get("attacks", {}).items()},
         defenses={k: dict(v) for k, v in raw.get("defenses", {}).items()},
+        detection=build_config(DetectionSpec, raw.get("detection"), "detection"),
         tuning=_tuning_notes(raw.get("tuning", {}), source),
         source=source,
     )

@@ -31,7 +31,19 @@ defense_version       version of the defense class
 defense_config        the defense's full config
 defense_recipe        the finetuning recipe the defense trained with (the preset's ``[finetune]`` with the
                       defense's overrides) and ``tuning``: how those hyperparameters were chosen (the preset's
-                      ``[tuning]`` note, or ``fixed in the preset``); empty for defenses that do not train
+                      ``[tuning]`` note, or ``fixed in the preset``); empty for defenses that do not finetune
+                      (training- and data-stage defenses train with the victim's recipe)
+stage                 the defense's stage: ``post-training`` (a model in, a model out), ``training`` (it trains
+                      the victim itself) or ``data`` (a detector: the runner removes its top-scored training
+                      pairs and retrains the victim); ``post-training`` in rows upgraded from version 4 or older
+removal_rate          data stage: the share of training pairs removed (the preset's ``[detection]``); else empty
+auroc, auprc          data stage: the detector's scores against the poison manifest (area under the ROC curve,
+                      average precision; :mod:`benchmark.detection_metrics`); empty for the benign control
+tpr_at_1fpr,          data stage: the largest share of poisoned pairs flagged at a false-positive rate of at most
+tpr_at_5fpr           1% and 5%
+removed_precision,    data stage: the share of removed pairs that were poisoned, and of poisoned pairs removed
+removed_recall        (recall empty for the benign control)
+n_removed             data stage: the number of training pairs removed
 model                 open_clip architecture of the victim
 victim_objective      the objective the victim was trained with (the preset's ``[victim] objective``): ``clip``,
                       or ``clip+ssl`` (with ``(ssl_weight W)`` when W is not 1); ``clip`` in rows upgraded from
@@ -52,7 +64,7 @@ version,
 defense_source_sha256
 time_poison_s         poisoning time (of the shared victim)
 time_victim_s         victim training time (of the shared victim)
-time_defense_s        time the defense took
+time_defense_s        time the defense took (for training- and data-stage defenses: all their training and scoring)
 time_eval_s           evaluation time
 finished_at           UTC timestamp (ISO 8601) when the cell finished
 ====================  ==========================================================================================
@@ -74,21 +86,27 @@ RESULTS_FILE = "results.csv"  # in a run's output folder
 GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` draws beside it; the page embeds it
 BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
-# provenance columns. Such files are read as the current version (the leaderboard) and, when a run resumes into
-# one, rewritten as it.
+# provenance columns, versions 1-4 ``stage``, ``removal_rate`` and the detection metrics. Such files are read
+# as the current version (the leaderboard) and, when a run resumes into one, rewritten as it.
 PROVENANCE_COLUMNS = ["attack_package", "attack_package_version", "attack_source_sha256",
                       "defense_package", "defense_package_version", "defense_source_sha256"]
-_ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, "")}
+DETECTION_COLUMNS = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall",
+                     "n_removed"]
+_ADDED_IN_5 = {"stage": "post-training", "removal_rate": "", **dict.fromkeys(DETECTION_COLUMNS, "")}
+_ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, ""),
+               **_ADDED_IN_5}
 UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
               2: {"n_classes": "", **_ADDED_IN_4},
-              3: _ADDED_IN_4}
+              3: _ADDED_IN_4,
+              4: _ADDED_IN_5}
 COLUMNS = [
     "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
+    "stage", "removal_rate", *DETECTION_COLUMNS,
     "model", "victim_objective", "victim_key", "cleanbench_version", "git_commit", "device", "torch_threads",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at", *PROVENANCE_COLUMNS,
 ]

@@ -143,10 +143,13 @@ def _describe_grid(plan: Plan) -> list[str]:
     attacks = sorted({v.attack for v in plan.victims})
     seeds = sorted({v.seed for v in plan.victims})
     defenses = list(dict.fromkeys(cell.defense for cell in plan.cells))
+    stage_victims = sum(1 for cell in plan.cells if cell.stage != "post-training")
     lines = [
         f"model: {preset.model.name} ({'from ' + weights if weights else 'random init, trained from scratch'})",
         f"grid: {len(plan.cells)} cells = {len(attacks)} attacks (incl. the benign control 'none') × "
-        f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims)} victims to train",
+        f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims) + stage_victims} victims to train"
+        + (f" ({stage_victims} of them by training- and data-stage defenses, one per attack and seed)"
+           if stage_victims else ""),
         f"victim training: {preset.data.train_pairs:,} pairs / batch {preset.victim.batch_size} × "
         f"{preset.victim.epochs} epochs = {victim_steps:,} steps per victim, "
         f"{victim_steps * len(plan.victims):,} in all; objective {preset.victim.label}"
@@ -156,11 +159,22 @@ def _describe_grid(plan: Plan) -> list[str]:
     for name in defenses:
         if name == REFERENCE_DEFENSE:
             continue
-        config = DEFENSES.get(name).from_settings(preset.defenses.get(name, {})).config
+        cls = DEFENSES.get(name)
+        cells = sum(1 for cell in plan.cells if cell.defense == name)
+        if cls.stage != "post-training":
+            kept = 1 - preset.detection.removal_rate if cls.stage == "data" else 1
+            pairs = int(preset.data.train_pairs * kept)
+            steps = pairs // preset.victim.batch_size * preset.victim.epochs
+            defense_steps += steps * cells
+            what = (f"scores the training pairs, removes the top {preset.detection.removal_rate:.0%}, retrains the "
+                    f"victim on {pairs:,} pairs" if cls.stage == "data" else f"trains the victim on {pairs:,} pairs")
+            lines.append(f"defense {name} ({cls.stage} stage): {what} / batch {preset.victim.batch_size} × "
+                         f"{preset.victim.epochs} epochs ≈ {steps:,} steps per cell × {cells} cells")
+            continue
+        config = cls.from_settings(preset.defenses.get(name, {})).config
         epochs = getattr(config, "epochs", None) or preset.finetune.epochs
         batch = getattr(config, "batch_size", None) or preset.finetune.batch_size
         steps = preset.data.clean_pairs // batch * epochs
-        cells = sum(1 for cell in plan.cells if cell.defense == name)
         defense_steps += steps * cells
         lines.append(f"defense {name}: {preset.data.clean_pairs:,} clean pairs / batch {batch} × {epochs} epochs "
                      f"≈ {steps:,} steps per cell × {cells} cells")

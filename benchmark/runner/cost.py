@@ -3,7 +3,10 @@
 The work is counted in training passes (one image forward and backward through the model under the CLIP loss):
 a victim is ``train_pairs × epochs`` passes (twice that for a ``clip+ssl`` victim, which forwards an augmented
 view of every pair), a cell is ``clean_pairs × epochs × passes_per_pair`` of its defense plus its evaluation
-(every test image twice, forward only, counted as a third of a pass each). What the output folder already
+(every test image twice, forward only, counted as a third of a pass each). A training-stage defense's cell
+trains a victim of its own (``train_pairs × epochs × passes_per_pair``); a data-stage defense's scores the
+training pairs (a forward pass each) and retrains the victim on the pairs it keeps; both are counted as
+victims to train. What the output folder already
 holds (recorded rows, cached victims and cells) is not counted. The speed is this machine's: the victims this
 folder already trained (their recorded images per second), or else a few training steps of the preset's model
 measured on the spot. Jobs spread over the workers, so the estimate divides by the workers that have a job; it
@@ -38,12 +41,13 @@ MEASURED_BATCH = 32
 class GridCost:
     """What a plan still has to do, and the time that takes at ``images_per_second`` per worker."""
 
-    victims: int
+    victims: int  # all victims to train, those of training- and data-stage cells included
     cells: int
     passes: float
     images_per_second: float
     speed_source: str
     workers: int
+    stage_victims: int = 0  # of ``victims``: trained by training- and data-stage cells
 
     @property
     def seconds(self) -> float:
@@ -53,7 +57,8 @@ class GridCost:
     def describe(self) -> str:
         if not self.victims and not self.cells:
             return "estimate: nothing to train; every victim and cell is already in the cache"
-        return (f"estimate: {self.victims} victims to train, {self.cells} cells to run; about "
+        stages = f" ({self.stage_victims} of them by training- and data-stage defenses)" if self.stage_victims else ""
+        return (f"estimate: {self.victims} victims to train{stages}, {self.cells} cells to run; about "
                 f"{_duration(self.seconds)} on {self.workers} worker{'s' * (self.workers != 1)} at "
                 f"{self.images_per_second:.0f} training images/s each ({self.speed_source})")
 
@@ -72,15 +77,23 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
     victims = [spec for spec in plan.victims
                if spec.key in needed and (store is None or store.victim_meta(spec.key) is None)]
     passes = len(victims) * victim_passes(preset)
+    stage_victims = 0
     for cell in cells:
         defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
-        recipe = cell.train_recipe
-        passes += preset.data.clean_pairs * recipe.epochs * defense.passes_per_pair()
         passes += 2 * test_images * EVAL_PASS_COST
+        if cell.stage == "post-training":
+            passes += preset.data.clean_pairs * cell.train_recipe.epochs * defense.passes_per_pair()
+        elif store is None or store.victim_meta(cell.trained_key) is None:
+            stage_victims += 1
+            if cell.stage == "training":
+                passes += preset.data.train_pairs * preset.victim.epochs * defense.passes_per_pair()
+            else:
+                passes += preset.data.train_pairs * EVAL_PASS_COST
+                passes += victim_passes(preset) * (1 - cell.removal_rate)
     speed, source = recorded_speed(store) if store is not None else (None, "")
     if speed is None:
         speed, source = measure_speed(preset, threads, device), f"measured: {MEASURED_STEPS} training steps just now"
-    return GridCost(len(victims), len(cells), passes, speed, source, workers)
+    return GridCost(len(victims) + stage_victims, len(cells), passes, speed, source, workers, stage_victims)
 
 
 def victim_passes(preset: Preset) -> float:

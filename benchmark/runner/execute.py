@@ -22,6 +22,8 @@ from torch import nn
 
 from attacks import ATTACKS
 from benchmark.checkpoints import read_state_dict, save_state_dict
+from benchmark.data.loader import Pairs
+from benchmark.detection_metrics import DetectionMetrics
 from benchmark.distributed import world
 from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate_with_predictions
@@ -32,6 +34,7 @@ from benchmark.results import BENIGN_ATTACK, RESULTS_FILE
 from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan, VictimSpec, attack_context
 from benchmark.runner.record import RunSummary, cell_label, cell_row, record_failed
+from benchmark.runner.stages import StageRun
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
 from benchmark.task import Task, build_task
@@ -88,8 +91,9 @@ class GroupRun:
         for cell in cells:  # metrics that survived a crash which came before the row was written
             if cached[cell.key] is not None:
                 record = cached[cell.key]
+                detection = DetectionMetrics.from_json(record["detection"]) if "detection" in record else None
                 self.results.upsert(cell_row(self.plan, cell, Metrics.from_json(record["metrics"]), record["timing"],
-                                             self.device, "ok", ""))
+                                             self.device, "ok", "", detection))
                 self.summary.cells_reused += 1
                 self.advance(1)
         cells = [cell for cell in cells if cached[cell.key] is None]
@@ -128,13 +132,7 @@ class GroupRun:
             return _Victim(read_state_dict(store.victim_dir(spec.key) / "model.safetensors"), meta, attack)
 
         start = time.perf_counter()
-        pairs = task.train_pairs
-        if attack is not None:
-            target = attack.context.target
-            generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
-            pairs, manifest = poison_split(attack, pairs, target, spec.poison_count, generator, preset.data.memory_gb)
-            if world().is_main:
-                store.save_manifest(spec.key, manifest.to_json())
+        pairs = self.poisoned_pairs(spec, attack)
         time_poison = time.perf_counter() - start
 
         model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
@@ -154,6 +152,25 @@ class GroupRun:
                      f"({stats.images_per_second:.0f} img/s, final loss {stats.final_loss:.3f})")
         return _Victim({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, meta, attack)
 
+    def poisoned_pairs(self, spec: VictimSpec, attack: Any) -> Pairs:
+        """The training pairs of ``spec`` as its victim gets them: poisoned by ``attack`` (none for the benign
+        control) with the seed's generator, so every call returns the same pairs. The manifest is saved the
+        first time; a later call that poisons other pairs than it lists is refused (the attack is not
+        reproducible, and the victim in the cache was not trained on these pairs)."""
+        pairs = self.task.train_pairs
+        if attack is None:
+            return pairs
+        generator = torch.Generator().manual_seed(derive_seed(spec.seed, "poison"))
+        pairs, manifest = poison_split(attack, pairs, attack.context.target, spec.poison_count, generator,
+                                       self.plan.preset.data.memory_gb)
+        saved = self.store.manifest(spec.key)
+        if saved is not None and saved.get("indices") != manifest.indices:
+            raise RuntimeError(f"attack {spec.attack} seed {spec.seed} poisoned other pairs than its cached victim's "
+                               "manifest lists: the attack is not reproducible from its seed")
+        if saved is None and world().is_main:
+            self.store.save_manifest(spec.key, manifest.to_json())
+        return pairs
+
     def cell(self, cell: CellSpec, victim: _Victim) -> None:
         """Defend ``victim`` with ``cell``'s defense, evaluate it and record the cell (metrics, predictions, row)."""
         preset, task, device = self.plan.preset, self.task, self.device
@@ -166,8 +183,12 @@ class GroupRun:
         torch.manual_seed(seed)
         context = DefenseContext(device, seed, cell.train_recipe, tokenizer, task.val_set, self.reporter)
         start = time.perf_counter()
-        defended: nn.Module = defense.apply(model, task.clean_pairs, context)
-        time_defense = time.perf_counter() - start
+        detection = None
+        if cell.stage == "post-training":
+            defended: nn.Module = defense.apply(model, task.clean_pairs, context)
+            time_defense = time.perf_counter() - start
+        else:
+            defended, time_defense, detection = StageRun(self, cell, victim).model(defense, model, context)
         if not world().is_main:  # under torchrun the other ranks only help train; rank 0 evaluates and records
             return
 
@@ -181,8 +202,11 @@ class GroupRun:
         timing = {"time_poison_s": victim.meta["time_poison_s"], "time_victim_s": victim.meta["time_victim_s"],
                   "time_defense_s": time_defense, "time_eval_s": time.perf_counter() - start}
         self.store.save_cell_predictions(cell.key, predictions)
-        self.store.save_cell_metrics(cell.key, {"metrics": metrics.to_json(), "timing": timing})
-        self.results.upsert(cell_row(self.plan, cell, metrics, timing, device, "ok", ""))
+        record = {"metrics": metrics.to_json(), "timing": timing}
+        if detection is not None:
+            record["detection"] = detection.as_row()
+        self.store.save_cell_metrics(cell.key, record)
+        self.results.upsert(cell_row(self.plan, cell, metrics, timing, device, "ok", "", detection))
         asr = "" if metrics.asr is None else f", ASR {metrics.asr.value:.3f}"
         self.reporter.log(f"cell {cell_label(cell)}: CA {metrics.ca.value:.3f}{asr} (defense {time_defense:.0f}s)")
 

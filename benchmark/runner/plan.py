@@ -33,7 +33,7 @@ from benchmark.storage import content_key
 from benchmark.task import Task
 from defenses import DEFENSES
 from benchmark.training_recipe import TrainRecipe
-from defenses.base import effective_recipe
+from defenses.base import DEFENSE_STAGES, effective_recipe
 
 # Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
 ENGINE_VERSION = "1"
@@ -68,6 +68,10 @@ class CellSpec:
     # runner hands this very object to the defense (``DefenseContext.recipe``) and records it in the row.
     train_recipe: TrainRecipe
     tuning: str | None = None  # how the recipe was chosen; None: the defense does not train with it
+    stage: str = "post-training"  # the defense's stage (:data:`defenses.base.DEFENSE_STAGES`)
+    removal_rate: float | None = None  # data stage: the share of training pairs removed before retraining
+    # training and data stages: the cache key of the victim the defense trains (or the runner retrains)
+    trained_key: str | None = None
 
     @property
     def recipe(self) -> dict[str, Any] | None:
@@ -151,12 +155,26 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     settings = preset.defenses.get(defense, {})
     instance = cls.from_settings(settings)
     config = config_dict(instance.config)
-    streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
-    key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
-                      config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed)
     tuning = tuning_note(preset, defense) if cls.uses_recipe else None
-    return CellSpec(victim, defense, cls.version, settings, config, key,
-                    effective_recipe(preset.finetune, instance.config), tuning)
+    stage = cls.stage
+    if stage not in DEFENSE_STAGES:
+        raise UserError(f"defense {defense} declares stage {stage!r}; a defense's stage is one of "
+                        f"{', '.join(DEFENSE_STAGES)}")
+    if stage == "post-training":  # the key of a cell as it was before stages existed
+        streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
+        key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
+                          config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed)
+        return CellSpec(victim, defense, cls.version, settings, config, key,
+                        effective_recipe(preset.finetune, instance.config), tuning)
+    removal_rate = preset.detection.removal_rate if stage == "data" else None
+    if stage == "data" and "train" in streamed_splits(preset.data):
+        raise UserError(f"defense {defense} removes training pairs, which needs the training split in memory; raise "
+                        "data.memory_gb so it fits, or leave data-stage defenses out of this grid")
+    trained_key = content_key("stage-victim", ENGINE_VERSION, victim.key, defense, cls.version, config, stage,
+                              removal_rate)
+    key = content_key("cell", ENGINE_VERSION, trained_key, preset.text.eval_templates, preset.data.test_images)
+    return CellSpec(victim, defense, cls.version, settings, config, key, preset.victim, tuning, stage,
+                    removal_rate, trained_key)
 
 
 def data_key(data: DataSpec, split: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 
 from attacks import ATTACKS
 from benchmark import __version__
+from benchmark.detection_metrics import DETECTION_FIELDS, DetectionMetrics
 from benchmark.metrics import Metrics
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
@@ -52,8 +53,9 @@ def cell_label(cell: CellSpec) -> str:
 
 
 def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], device: Any,
-             status: str, reason: str) -> dict[str, Any]:
-    """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`); no metrics for a failed cell."""
+             status: str, reason: str, detection: DetectionMetrics | None = None) -> dict[str, Any]:
+    """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`); no metrics for a failed cell,
+    detection metrics for a data-stage cell only."""
     preset, victim = plan.preset, cell.victim
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
@@ -63,12 +65,14 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
         "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
+        "stage": cell.stage, "removal_rate": cell.removal_rate,
         "model": preset.model.name, "victim_objective": preset.victim.label, "victim_key": victim.key, "cleanbench_version": __version__,
         "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **origin_columns(victim.attack, cell.defense),
     }
     row.update(metrics.as_row() if metrics is not None else dict.fromkeys(METRIC_FIELDS))
+    row.update(detection.as_row() if detection is not None else dict.fromkeys(DETECTION_FIELDS))
     for key in TIMING_FIELDS:
         row[key] = timing.get(key)
     return row

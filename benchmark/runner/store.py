@@ -50,6 +50,10 @@ class ArtifactStore:
         meta = dict(meta, checkpoint_sha256=sha256_file(self.victim_dir(key) / "model.safetensors"))
         write_json_atomic(self.victim_dir(key) / "meta.json", meta)
 
+    def manifest(self, key: str) -> dict[str, Any] | None:
+        """The poison manifest saved with the victim ``key`` (None for the benign control, or not saved yet)."""
+        return _read_json(self.victim_dir(key) / "poison_manifest.json")
+
     def save_manifest(self, key: str, manifest: dict[str, Any]) -> None:
         write_json_atomic(self.victim_dir(key) / "poison_manifest.json", manifest)
 
