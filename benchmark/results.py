@@ -87,6 +87,7 @@ GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` dra
 BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
 SCHEMA_VERSION = 5
+DEFENSE_STAGES = ("post-training", "training", "data")  # a row's ``stage`` (:mod:`defenses.base`)
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
 # provenance columns, versions 1-4 ``stage``, ``removal_rate`` and the detection metrics. Such files are read

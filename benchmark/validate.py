@@ -135,6 +135,7 @@ def _describe_data(preset: Preset) -> list[str]:
 
 
 def _describe_grid(plan: Plan) -> list[str]:
+    from benchmark.data.source_splits import streamed_splits
     from defenses import DEFENSES
 
     preset = plan.preset
@@ -168,6 +169,8 @@ def _describe_grid(plan: Plan) -> list[str]:
             defense_steps += steps * cells
             what = (f"scores the training pairs, removes the top {preset.detection.removal_rate:.0%}, retrains the "
                     f"victim on {pairs:,} pairs" if cls.stage == "data" else f"trains the victim on {pairs:,} pairs")
+            if cls.stage == "data" and "train" in streamed_splits(preset.data):
+                what += " (needs the training split in memory: this preset streams it, so these cells will fail)"
             lines.append(f"defense {name} ({cls.stage} stage): {what} / batch {preset.victim.batch_size} × "
                          f"{preset.victim.epochs} epochs ≈ {steps:,} steps per cell × {cells} cells")
             continue

@@ -28,6 +28,7 @@ from benchmark.config import build_config
 from benchmark.data.loader import Pairs
 from benchmark.data.pairs import EvalSet
 from benchmark.progress import Reporter
+from benchmark.results import DEFENSE_STAGES  # noqa: F401  (the stages, named once with the results schema)
 from benchmark.training_recipe import TrainRecipe
 
 
@@ -70,9 +71,6 @@ def effective_recipe(recipe: TrainRecipe, config: Any) -> TrainRecipe:
     names = {field.name for field in dataclasses.fields(TrainRecipe)}
     overrides = {k: v for k, v in dataclasses.asdict(config).items() if k in names and v is not None}
     return dataclasses.replace(recipe, **overrides)
-
-
-DEFENSE_STAGES = ("post-training", "training", "data")
 
 
 class Defense(ABC):

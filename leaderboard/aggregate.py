@@ -6,6 +6,9 @@
 preset, attack, defense  the cell; attack ``none`` is the benign control (a victim trained on clean pairs). The
                          preset is followed by the victim's objective when that is not ``clip``
                          (``fmnist-tiny [clip+ssl victim]``): such victims are ranked apart
+stage                    the defense's stage: ``post-training``, ``training`` (it trains the victim itself) or
+                         ``data`` (a detector: its top-scored pairs removed, the victim retrained; its detection
+                         metrics are in ``detection.csv``, :mod:`leaderboard.detection`)
 status                   ``ok`` if at least one seed succeeded, ``failed`` if none did
 n_seeds, seeds           number and list (``0;1;2``) of successful seeds, the only ones averaged
 n_failed                 number of failed seeds (shown, never averaged)
@@ -22,7 +25,8 @@ ci_method                ``t`` (Student t over seeds, two or more seeds) or ``wi
                          asr intervals are that row's 95% Wilson interval over test images, and the
                          intervals of delta_ca, delta_asr and der are empty, as one seed says nothing of
                          their spread)
-time_defense_s_mean      mean wall time of the defense
+time_defense_s_mean      mean wall time of the defense (a training- or data-stage defense's includes the victim
+                         it trains)
 rank                     the defense's rank in its preset, on the cells it was ranked on; empty elsewhere
 rank_group               the ranks the data cannot tell apart from this one (``1–2``; :mod:`leaderboard.rank_groups`)
 evidence                 ``verified`` when every row of the cell comes from a bundle that ``cleanbench verify``
@@ -68,7 +72,7 @@ WILSON_METRICS = {"ca": ("ca_low", "ca_high"), "asr": ("asr_low", "asr_high")}
 TOLERANCE = 1e-9  # a mean of seed values that equals the budget counts as within it, whatever its float rounding
 CHANCE_MARGIN = 0.05  # a mean CA less than 5 points above chance is "near chance": its ASR is meaningless
 LEADERBOARD_COLUMNS = (
-    KEY + ["status", "n_seeds", "seeds", "n_failed", "took", "near_chance", "ranked", "note"]
+    KEY + ["stage", "status", "n_seeds", "seeds", "n_failed", "took", "near_chance", "ranked", "note"]
     + [f"{metric}_{stat}" for metric in METRICS for stat in ("mean", "std", "ci_low", "ci_high")]
     + ["ci_method", "time_defense_s_mean", "rank", "rank_group", "evidence"]
 )
@@ -162,7 +166,7 @@ def _cell_row(key: tuple, group: pd.DataFrame, effects: pd.DataFrame) -> dict:
     preset, attack, defense = key
     ok = effects[(effects["preset"] == preset) & (effects["attack"] == attack) & (effects["defense"] == defense)]
     failed = group[group["status"] == "failed"]
-    row: dict = {"preset": preset, "attack": attack, "defense": defense,
+    row: dict = {"preset": preset, "attack": attack, "defense": defense, "stage": group["stage"].iloc[0],
                  "status": "ok" if len(ok) else "failed", "n_seeds": len(ok),
                  "seeds": ";".join(str(seed) for seed in sorted(ok["seed"])), "n_failed": len(failed),
                  "note": "" if len(ok) else f"{len(failed)} of {len(failed)} seeds failed: {failed['reason'].iloc[0]}",
@@ -227,7 +231,7 @@ def rank_defenses(cells: pd.DataFrame, max_ca_cost: float = DEFAULT_MAX_CA_COST)
         missing = [attack for attack in took if attack not in ok.index]
         control = ok.loc[[BENIGN_ATTACK]] if BENIGN_ATTACK in ok.index else ok.iloc[:0]
         costs = ok["delta_ca_mean"].dropna()
-        row = {"preset": preset, "defense": defense, "attacks": len(took), "worst_asr": np.nan, "worst_attack": "",
+        row = {"preset": preset, "defense": defense, "stage": group["stage"].iloc[0], "attacks": len(took), "worst_asr": np.nan, "worst_attack": "",
                "mean_ca": np.nan, "ca_cost": control["delta_ca_mean"].iloc[0] if len(control) else np.nan,
                "max_ca_cost": float(costs.max()) if len(costs) else np.nan,
                "max_ca_cost_on": _victim_name(str(costs.idxmax())) if len(costs) else "",

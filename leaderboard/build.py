@@ -1,5 +1,5 @@
 """Build the whole leaderboard of some results files, run folders or bundles into a folder: ``leaderboard.csv``,
-figures, ``index.html``.
+``pairwise.csv``, ``detection.csv``, figures, ``index.html``.
 
 The one entry point for both ``cleanbench leaderboard`` and the end of ``cleanbench run``.
 """
@@ -13,6 +13,7 @@ from benchmark.storage import write_text_atomic
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
 from leaderboard.aggregate import Leaderboard, build, write_csv, write_pairwise_csv
 from leaderboard.bundles import is_bundle, open_inputs, with_evidence
+from leaderboard.detection import detection_table
 from leaderboard.load import load_cell_predictions, load_results, resolve_results_path
 
 
@@ -38,9 +39,11 @@ def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: flo
     out.mkdir(parents=True, exist_ok=True)
     write_csv(board, out / "leaderboard.csv")
     write_pairwise_csv(board, out / "pairwise.csv")
+    detection = detection_table(results)
+    write_text_atomic(out / "detection.csv", detection.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
     figures = draw_all(board, out)
     index = out / "index.html"
-    write_text_atomic(index, render(board, results, figures, out, sources))
+    write_text_atomic(index, render(board, results, figures, out, sources, detection))
     if not quiet:
         print_summary(board)
     return index

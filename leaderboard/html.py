@@ -26,7 +26,8 @@ from leaderboard.rank_groups import inseparable, seeds_text
 PROVENANCE = ["cell_id", "status", "reason", "ca", "asr", "delta_ca", "delta_asr", "der", "n_clean", "n_triggered",
               "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "device", "cleanbench_version",
               "git_commit", "victim_key", "finished_at"]
-CONFIG = ["model", "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config"]
+CONFIG = ["model", "target", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config",
+          "stage", "removal_rate"]
 
 
 def environment() -> jinja2.Environment:
@@ -36,8 +37,9 @@ def environment() -> jinja2.Environment:
 
 
 def render(board: Leaderboard, results: pd.DataFrame, figures: dict[str, Path], out: Path,
-           sources: list[str]) -> str:
-    """The page's HTML for a leaderboard, its per-seed rows (for the details views) and drawn figures."""
+           sources: list[str], detection: pd.DataFrame | None = None) -> str:
+    """The page's HTML for a leaderboard, its per-seed rows (for the details views), drawn figures and the
+    detection table of data-stage defenses (:mod:`leaderboard.detection`)."""
     gallery = Path(out) / GALLERY_FILE  # drawn by `cleanbench run` into its output folder; the page embeds it
     context = {
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -50,6 +52,8 @@ def render(board: Leaderboard, results: pd.DataFrame, figures: dict[str, Path], 
         "pareto": [_ranking_row(row) for row in board.ranking.dropna(subset=["worst_asr"])
                    .sort_values(["preset", "worst_asr", "mean_ca"], ascending=[True, True, False]).to_dict("records")],
         "pairs": _pairs(board),
+        "detection": [_detection_row(row) for row in (detection if detection is not None else pd.DataFrame())
+                      .to_dict("records")],
         "inseparable": [_pair_row(row) for row in inseparable(board.pairwise).to_dict("records")],
         "cells": [_cell(index, row, results, board.per_seed) for index, row in enumerate(board.cells.to_dict("records"))],
         "figures": {name: {"name": name, "caption": FIGURES[name], "png": _data_uri(path),
@@ -108,7 +112,7 @@ def _cell(index: int, row: dict, results: pd.DataFrame, per_seed: pd.DataFrame) 
     greyed = not benign and (row["took"] is pd.NA or not bool(row["took"]))
     return {
         "id": f"cell-{index}", "preset": row["preset"], "attack": row["attack"], "defense": row["defense"],
-        "status": row["status"], "seeds": row["n_seeds"], "failed": row["n_failed"], "note": row["note"],
+        "stage": row["stage"], "status": row["status"], "seeds": row["n_seeds"], "failed": row["n_failed"], "note": row["note"],
         "benign": benign, "greyed": greyed, "ci_method": row["ci_method"], "evidence": row["evidence"],
         "near_chance": row["near_chance"] is not pd.NA and bool(row["near_chance"]), "per_seed": per_seed,
         "rank": number(row["rank"]), "rank_sort": sort_key(row["rank"]), "rank_group": row["rank_group"],
@@ -139,7 +143,20 @@ def _ranking_row(row: dict) -> dict:
             "mean_ca": number(row["mean_ca"]), "mean_ca_sort": sort_key(row["mean_ca"]),
             "ca_cost": number(row["ca_cost"]), "ca_cost_sort": sort_key(row["ca_cost"]),
             "time": number(row["time_defense_s"], 1), "time_sort": sort_key(row["time_defense_s"]),
-            "note": row["note"], "evidence": row["evidence"]}
+            "note": row["note"], "evidence": row["evidence"], "stage": row["stage"]}
+
+
+def _detection_row(row: dict) -> dict:
+    """A detection-table row: each metric's mean with its interval over seeds."""
+    def metric(name: str) -> dict:
+        low, high = row[f"{name}_ci_low"], row[f"{name}_ci_high"]
+        interval = "" if pd.isna(low) or pd.isna(high) else f"[{low:.3f}, {high:.3f}]"
+        return {"value": number(row[f"{name}_mean"]), "sort": sort_key(row[f"{name}_mean"]), "ci": interval}
+
+    return {"preset": row["preset"], "attack": row["attack"], "defense": row["defense"], "seeds": row["seeds"],
+            "removal_rate": number(row["removal_rate"]),
+            **{name: metric(name) for name in ("auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision",
+                                                "removed_recall")}}
 
 
 def _pairs(board: Leaderboard) -> list[dict]:

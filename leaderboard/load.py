@@ -18,10 +18,13 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
-from benchmark.results import BENIGN_ATTACK, COLUMNS, RESULTS_FILE, SCHEMA_VERSION, UPGRADABLE
+from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, RESULTS_FILE, SCHEMA_VERSION,
+                               UPGRADABLE)
 
-INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads")
-FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high")
+INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads",
+               "n_removed")
+FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high", "removal_rate",
+                    *(column for column in DETECTION_COLUMNS if column != "n_removed"))
 SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
 REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
 REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
@@ -132,6 +135,9 @@ def _check_row(path: Path, index: int, row: dict[str, str]) -> None:
             continue
         if not _is_int(value):
             raise UserError(f"{_where(path, index, column)}: expected an integer, got {value!r}")
+    if row["stage"] not in DEFENSE_STAGES:
+        raise UserError(f"{_where(path, index, 'stage')}: expected one of {', '.join(DEFENSE_STAGES)}, "
+                        f"got {row['stage']!r}")
     if row["status"] not in STATUSES:
         raise UserError(f"{_where(path, index, 'status')}: expected one of {', '.join(STATUSES)}, "
                         f"got {row['status']!r}")

@@ -17,7 +17,8 @@ def make_row(attack: str, defense: str, seed: int, ca: float | None, asr: float 
                defense=defense, seed=seed, status=status, target="bag", model="tiny", device="cpu",
                poison_count=0 if attack == "none" else 25, attack_version="1", defense_version="1",
                attack_config='{"poison_rate": 0.05}', defense_config='{"epochs": 1}', victim_key=f"v{seed}",
-               cleanbench_version="0.1.0", git_commit="abc1234", finished_at="2025-01-01T00:00:00+00:00")
+               cleanbench_version="0.1.0", git_commit="abc1234", finished_at="2025-01-01T00:00:00+00:00",
+               stage="post-training")
     if status == "ok":
         row.update(ca=ca, ca_low=max(0.0, ca - 0.05), ca_high=min(1.0, ca + 0.05), ca_top5=min(1.0, ca + 0.1),
                    n_clean=300, n_triggered=0 if attack == "none" else 270, time_poison_s=1.0, time_victim_s=10.0,

@@ -167,9 +167,6 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
         return CellSpec(victim, defense, cls.version, settings, config, key,
                         effective_recipe(preset.finetune, instance.config), tuning)
     removal_rate = preset.detection.removal_rate if stage == "data" else None
-    if stage == "data" and "train" in streamed_splits(preset.data):
-        raise UserError(f"defense {defense} removes training pairs, which needs the training split in memory; raise "
-                        "data.memory_gb so it fits, or leave data-stage defenses out of this grid")
     trained_key = content_key("stage-victim", ENGINE_VERSION, victim.key, defense, cls.version, config, stage,
                               removal_rate)
     key = content_key("cell", ENGINE_VERSION, trained_key, preset.text.eval_templates, preset.data.test_images)

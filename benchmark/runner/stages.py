@@ -105,7 +105,8 @@ class StageRun:
     def scores(self, defense: Any, victim_model: nn.Module, pairs: Any, context: DefenseContext) -> torch.Tensor:
         """The detector's scores, checked: one finite number per training pair."""
         if not isinstance(pairs, PairSet):
-            raise TypeError("a data-stage defense needs the training split in memory")
+            raise TypeError(f"defense {self.cell.defense} removes training pairs, which needs the training split in "
+                            "memory; this preset streams it: raise data.memory_gb so it fits")
         victim_model.eval()
         scores = defense.score(victim_model, pairs, context)
         if not isinstance(scores, torch.Tensor) or scores.shape != (len(pairs),):
