@@ -1,7 +1,9 @@
 """The checks of a defense, on a victim backdoored with BadNet on the check's preset, exactly as the runner
-hands it over (a fresh model with the victim's weights, the clean pairs, a :class:`DefenseContext`): it runs
-within the time budget and returns a model the evaluator scores; a second run with the same seed gives the same
-weights; and what it receives holds neither the test set nor the poison manifest.
+hands it over at the defense's stage (post-training: a fresh model with the victim's weights, the clean pairs;
+training: a model initialised as the victim was, the poisoned training pairs; data: the victim and the poisoned
+training pairs; each with a :class:`DefenseContext`): it runs within the time budget and returns a model the
+evaluator scores (a detector: one finite score per training pair); a second run with the same seed gives the
+same weights (scores); and what it receives holds neither the test set nor the poison manifest.
 
 Determinism is checked as the runner runs a defense: torch's global generator seeded with ``context.seed``
 (CleanCLIP's augmentations draw from it), Python's and NumPy's left as they are, here put in a different state
@@ -100,26 +102,39 @@ class _DefenseRuns:
         self.handed: dict[str, Any] = {}  # what the defense was given
         self.first: nn.Module | None = None
 
-    def run(self, other_seed: int) -> nn.Module:
-        model = create_model(self.preset.model.name)
-        model.load_state_dict(self.victim.state)
-        model.eval()
+    def run(self, other_seed: int) -> nn.Module | torch.Tensor:
+        """The defense's output as the runner would get it: a model, or a detector's scores."""
+        stage = self.cls.stage
+        if stage == "training":
+            model = create_model(self.preset.model.name, seed=derive_seed(SEED, "init"))
+        else:
+            model = create_model(self.preset.model.name)
+            model.load_state_dict(self.victim.state)
+            model.eval()
         defense = self.cls.from_settings(self.settings)
-        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", self.cls.name),
-                                 effective_recipe(self.preset.finetune, defense.config), self.tokenizer,
-                                 self.task.val_set, Reporter.silent())
-        self.handed.update(context=context, clean_data=self.task.clean_pairs, defense=defense)
+        recipe = effective_recipe(self.preset.finetune, defense.config) if stage == "post-training" else self.preset.victim
+        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", self.cls.name), recipe,
+                                 self.tokenizer, self.task.val_set, Reporter.silent())
+        data = self.task.clean_pairs if stage == "post-training" else self.victim.poisoned
+        self.handed.update(context=context, data=data, defense=defense)
         torch.manual_seed(context.seed)  # as the runner seeds it before every defense
         random.seed(other_seed)  # the runner seeds neither Python's nor NumPy's generator: drawing from them
         np.random.seed(other_seed)  # gives another model in every run
         start = time.perf_counter()
         with time_limit(self.time_budget):
-            out = defense.apply(model, self.task.clean_pairs, context)
+            if stage == "post-training":
+                out = defense.apply(model, data, context)
+            elif stage == "training":
+                out = defense.train(model, data, context)
+            else:
+                out = defense.score(model, data, context)
         if time.perf_counter() - start > self.time_budget:
             raise TimeBudgetExceeded(f"took {time.perf_counter() - start:.0f} s, over the budget of "
                                      f"{self.time_budget:g} s")
-        if not isinstance(out, nn.Module):
-            raise TypeError(f"apply returned {type(out).__name__}, not a torch.nn.Module")
+        method = {"post-training": "apply", "training": "train", "data": "score"}[stage]
+        wanted = torch.Tensor if stage == "data" else nn.Module
+        if not isinstance(out, wanted):
+            raise TypeError(f"{method} returned {type(out).__name__}, not a {wanted.__module__}.{wanted.__name__}")
         return out
 
     def runs(self) -> str | None:
@@ -129,6 +144,13 @@ class _DefenseRuns:
     def scorable(self) -> str | None:
         if self.first is None:
             return "not scored: the defense did not run (see runs-in-budget)"
+        if isinstance(self.first, torch.Tensor):  # a detector's scores
+            pairs = len(self.victim.poisoned)
+            if self.first.shape != (pairs,):
+                return f"scores of shape {tuple(self.first.shape)}; expected one per training pair, ({pairs},)"
+            if not torch.isfinite(self.first).all():
+                return "some scores are not finite (NaN or inf); every pair needs a finite score"
+            return None
         test_set, cpu = self.task.test_set, torch.device("cpu")
         metrics = evaluate(classifier_for(self.first, self.tokenizer, test_set, cpu), test_set,
                            target=self.task.target_index, trigger=self.victim.attack.apply, seed=SEED, device=cpu)
@@ -139,7 +161,13 @@ class _DefenseRuns:
     def deterministic(self) -> str | None:
         if self.first is None:
             return "not compared: the defense did not run (see runs-in-budget)"
-        a, b = self.first.state_dict(), self.run(other_seed=22).state_dict()
+        second = self.run(other_seed=22)
+        if isinstance(self.first, torch.Tensor):
+            if not torch.equal(self.first, second):
+                return ("two runs with the same seed gave different scores: draw randomness from context.seed "
+                        "(torch.Generator().manual_seed(context.seed)), not from Python's or NumPy's global generator")
+            return None
+        a, b = self.first.state_dict(), second.state_dict()
         differ = sorted(k for k in a if k not in b or not torch.equal(a[k], b[k])) + sorted(set(b) - set(a))
         if differ:
             return (f"two runs with the same seed gave different weights ({len(differ)} tensors, e.g. {differ[0]}): "
@@ -152,8 +180,9 @@ class _DefenseRuns:
             return "not inspected: the defense was never built"
         task, victim = self.task, self.victim
         forbidden = {id(task): "the task (with the test set)", id(task.test_set): "the test set",
-                     id(task.train_pairs): "the victim's training pairs", id(victim.poisoned): "the poisoned pairs",
-                     id(victim.manifest): "the poison manifest"}
+                     id(task.train_pairs): "the victim's training pairs", id(victim.manifest): "the poison manifest"}
+        if self.cls.stage == "post-training":  # the other stages get the poisoned pairs, as the victim did
+            forbidden[id(victim.poisoned)] = "the poisoned pairs"
         for path, obj in _reachable(self.handed):
             if id(obj) in forbidden or isinstance(obj, (PoisonManifest, Task)):
                 return f"{path} is {forbidden.get(id(obj), type(obj).__name__)}: a defense must never receive it"
