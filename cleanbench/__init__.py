@@ -14,8 +14,9 @@ internal paths (``defenses.base``, ``benchmark.training``, ...) stay importable 
 What is here:
 
 - the contracts: :class:`Attack` (with :class:`AttackContext`, :class:`PoisonTarget`, :class:`PoisonManifest`),
-  :class:`Defense` (with :class:`DefenseContext`, :func:`check_recipe_overrides`), :class:`BringsOwnClassifier`
-  for a defended model with its own head;
+  :class:`Defense` (with :class:`DefenseContext`, :func:`check_recipe_overrides`) and the other stages'
+  :class:`TrainingDefense` and :class:`Detector`, :class:`BringsOwnClassifier` for a defended model with its own
+  head;
 - registration: the registries :data:`ATTACKS` and :data:`DEFENSES` (``@DEFENSES.register()``);
 - data: :class:`PairSet`, :class:`EvalSet`, :data:`Pairs`, and the batching of clean pairs
   (:func:`pair_batches`, :class:`Normalizer`, :data:`Batch`);
@@ -40,6 +41,7 @@ _EXPORTS: dict[str, str] = {
     "Attack": "attacks.base", "AttackContext": "attacks.base", "PoisonTarget": "attacks.base",
     "PoisonManifest": "attacks.base",
     "Defense": "defenses.base", "DefenseContext": "defenses.base", "check_recipe_overrides": "defenses.base",
+    "TrainingDefense": "defenses.base", "Detector": "defenses.base",
     "ATTACKS": "attacks", "DEFENSES": "defenses", "Registry": "benchmark.registry",
     "PairSet": "benchmark.data.pairs", "EvalSet": "benchmark.data.pairs", "Pairs": "benchmark.data.loader",
     "pair_batches": "benchmark.data.batches", "Normalizer": "benchmark.data.batches", "Batch": "benchmark.data.batches",
