@@ -13,6 +13,7 @@ happen inside the call, so importing this module stays cheap.
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,12 +37,14 @@ class SlurmSettings:
 
 @dataclass
 class GridRun:
-    """What :func:`run_grid` did: the plan it ran, the run's summary, and where the results are."""
+    """What :func:`run_grid` did: the plan it ran (the first sweep point's, with a sweep), the run's summary, and
+    where the results are."""
 
     plan: Any  # benchmark.runner.plan.Plan
     summary: Any  # benchmark.runner.record.RunSummary
     out: Path
     leaderboard: Path | None = None  # index.html; None on the other ranks of a torchrun job
+    plans: list[Any] = dataclasses.field(default_factory=list)  # one per sweep point (``plan`` is the first)
 
     @property
     def results(self) -> Path:
@@ -54,12 +57,13 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
              data_dir: str | Path | None = None, data: Sequence[str] = (), plugins: Sequence[str] = (),
              no_plugin_autoload: bool = False, precision: str = "auto", compile_model: bool = False, gpus: int = 1,
              executor: str = "local", workers: int = 0, slurm: SlurmSettings = SlurmSettings(),
-             max_ca_cost: float = DEFAULT_MAX_CA_COST, warn: Callable[[str], None] | None = None,
-             before_run: Callable[[], None] | None = None) -> GridRun:
+             max_ca_cost: float = DEFAULT_MAX_CA_COST, sweeps: Sequence[str] = (),
+             warn: Callable[[str], None] | None = None, before_run: Callable[[], None] | None = None) -> GridRun:
     """Run ``preset × (attacks + benign control) × defenses × seeds`` into ``out``: results.csv, the cache, the
     trigger gallery and the leaderboard. The arguments are ``cleanbench run``'s options: ``attacks`` and
     ``defenses`` as names or a comma-separated string (``"all"``; ``attacks="none"`` runs the benign control
-    only), ``seeds`` as integers or ``"0,1,2"``. ``warn`` receives each plugin that failed to load (default:
+    only), ``seeds`` as integers or ``"0,1,2"``, ``sweeps`` as ``"KEY=V1,V2"`` (added to the preset's ``[sweep]``;
+    every point is planned and checked first, then run in turn, :mod:`benchmark.sweeps`). ``warn`` receives each plugin that failed to load (default:
     :func:`warnings.warn`); ``before_run`` is called once everything is checked, before anything is written (the
     CLI relaunches itself under torchrun there).
     """
@@ -67,8 +71,11 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
     from benchmark.progress import Reporter
+    from benchmark.config import config_dict
     from benchmark.runner import plan_grid, run_plan
+    from benchmark.runner.record import RunSummary
     from benchmark.storage import check_output_folder
+    from benchmark.sweeps import axes_of, sweep_points
     from benchmark.task import build_task
     from defenses import DEFENSES
 
@@ -78,12 +85,15 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     attack_spec = _names(attacks)
     attack_names = [] if attack_spec.strip() == BENIGN_ATTACK else ATTACKS.resolve(attack_spec)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
-    plan = plan_grid(chosen_preset, attack_names, DEFENSES.resolve(_names(defenses)), seed_list,
-                     attack_overrides=attack_overrides(poison_rate, poison_count))
+    defense_names = DEFENSES.resolve(_names(defenses))
+    plans = [plan_grid(point.preset, attack_names, defense_names, seed_list, sweep=point.values,
+                       attack_overrides=attack_overrides(poison_rate, poison_count))
+             for point in sweep_points(chosen_preset, axes_of(chosen_preset, sweeps))]
     torch_device = resolve_device(device)
     set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
     check_output_folder(Path(out))  # a folder that cannot be written is reported before anything runs
-    build_task(chosen_preset)  # find and split the data now: a missing dataset is reported before anything runs
+    for data in {json.dumps(config_dict(plan.preset.data), sort_keys=True): plan.preset for plan in plans}.values():
+        build_task(data)  # find and split the data now: a missing dataset is reported before anything runs
     if before_run is not None:
         before_run()
     torch_device = distributed.init_from_env(torch_device)
@@ -92,9 +102,10 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     out = Path(out)
     grid_executor = build_executor(executor, workers=workers, gpus=gpus, device=torch_device, device_name=device,
                                    out=out, plugins=plugins, no_plugin_autoload=no_plugin_autoload, slurm=slurm)
-    # logs the plan once the output folder is checked and locked
-    summary = run_plan(plan, out, torch_device, reporter, executor=grid_executor)
-    run = GridRun(plan, summary, out)
+    summary = RunSummary()
+    for plan in plans:  # each logs its plan once the output folder is checked and locked
+        summary.merge(run_plan(plan, out, torch_device, reporter, executor=grid_executor))
+    run = GridRun(plans[0], summary, out, plans=plans)
     if not main:
         return run
     reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "

@@ -26,7 +26,7 @@ def build_config(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
             hint = did_you_mean(key, fields, n=1, cutoff=0.6)
             raise UserError(f"Unknown key '{where}.{key}'.{hint} Known keys: {', '.join(sorted(fields))}.")
     hints = typing.get_type_hints(cls)
-    converted = {key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+    converted = {key: coerce_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
     try:
         return cls(**converted)
     except UserError as error:
@@ -35,8 +35,9 @@ def build_config(cls: type[C], values: dict[str, Any] | None, where: str) -> C:
         raise UserError(f"{where}: {error}") from None
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    """Accept TOML/JSON/CLI values for simple annotated types, refusing anything that would silently change meaning."""
+def coerce_value(value: Any, hint: Any, key: str) -> Any:
+    """Accept TOML/JSON/CLI values for simple annotated types, refusing anything that would silently change meaning;
+    ``key`` names the setting in messages."""
     if dataclasses.is_dataclass(hint):  # a nested table, e.g. [data.train]
         if not isinstance(value, dict):
             raise UserError(f"{key} must be a table, got {value!r}")
@@ -46,7 +47,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if value is None:
             return None
-        return _coerce(value, options[0], key)
+        return coerce_value(value, options[0], key)
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:
@@ -56,7 +57,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{key} must be a list, got {value!r}")
         inner = typing.get_args(hint)[0]
-        return tuple(_coerce(item, inner, key) for item in value)
+        return tuple(coerce_value(item, inner, key) for item in value)
     if hint is bool:
         if isinstance(value, bool):
             return value

@@ -140,6 +140,14 @@ def unknown_class_message(target: str, classnames: tuple[str, ...] | list[str]) 
 
 
 @dataclass(frozen=True)
+class SweepAxis:
+    """One swept key of a preset (:mod:`benchmark.sweeps`) and its values, in the order given."""
+
+    key: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class DetectionSpec:
     """How the runner acts on a data-stage defense's scores: it removes the ``removal_rate`` share of the
     training pairs that scored highest, and retrains the victim on the rest.
@@ -168,6 +176,7 @@ class Preset:
     attacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
     detection: DetectionSpec = DetectionSpec()
+    sweeps: tuple[SweepAxis, ...] = ()  # the preset's [sweep] table: a study as a file (benchmark.sweeps)
     # How hyperparameters were chosen, recorded in every row: ``recipe`` for the shared [finetune] recipe, a
     # defense's name for its own settings. Absent means "fixed in the preset" (issue 4's fair-tuning protocol).
     tuning: dict[str, str] = field(default_factory=dict)
@@ -234,7 +243,7 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
     raw = dict(raw)
     known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses", "tuning",
-             "detection"}
+             "detection", "sweep"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"Unknown preset key(s) {', '.join(unknown)} in {source or 'preset'}. Known: {', '.join(sorted(known))}.")
@@ -252,6 +261,7 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         attacks={k: dict(v) for k, v in raw.get("attacks", {}).items()},
         defenses={k: dict(v) for k, v in raw.get("defenses", {}).items()},
         detection=build_config(DetectionSpec, raw.get("detection"), "detection"),
+        sweeps=declared_sweeps(raw.get("sweep"), source),
         tuning=_tuning_notes(raw.get("tuning", {}), source),
         source=source,
     )
@@ -261,3 +271,28 @@ def _tuning_notes(raw: Any, source: str) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise UserError(f"[tuning] in {source or 'preset'}: expected text notes, e.g. finetune = \"lr chosen on ...\"")
     return dict(raw)
+
+
+def declared_sweeps(raw: Any, source: str) -> tuple[SweepAxis, ...]:
+    """A preset file's ``[sweep]`` table as axes. Unquoted dotted keys arrive as nested tables and are joined
+    back into their dotted form; every value must be a non-empty list."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        raise UserError(f"[sweep] in {source or 'preset'}: expected a table of KEY = [values]")
+    axes = []
+    for key, values in _flattened(raw):
+        if not isinstance(values, list) or not values:
+            raise UserError(f"[sweep] {key} in {source or 'preset'}: expected a non-empty list of values, got {values!r}")
+        axes.append(SweepAxis(key, tuple(values)))
+    return tuple(axes)
+
+
+def _flattened(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for key, value in table.items():
+        if isinstance(value, dict):
+            items += _flattened(value, f"{prefix}{key}.")
+        else:
+            items.append((f"{prefix}{key}", value))
+    return items

@@ -8,7 +8,13 @@ Columns (metrics are fractions in [0, 1]; times are seconds; configs are canonic
 
 ====================  ==========================================================================================
 schema_version        version of this schema (``SCHEMA_VERSION``)
-cell_id               content hash of everything that determines the cell (victim, defense, evaluation)
+cell_id               content hash of everything that determines the cell (victim, defense, evaluation), and in a
+                      sweep, of the sweep point too
+cache_key             the cell's folder under ``cache/cells/`` (its metrics and predictions): equal to cell_id,
+                      except in a sweep, where a cell several points share is computed once and recorded once per
+                      point; empty in rows upgraded from version 4 or older (read as cell_id)
+sweep                 the sweep point (:mod:`benchmark.sweeps`) as canonical JSON, e.g.
+                      ``{"defenses.cleanclip.inmodal_weight": 2}``; empty outside a sweep
 preset                preset name
 attack                attack name; ``none`` for the benign control (a victim trained on clean pairs)
 defense               defense name
@@ -74,6 +80,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -88,15 +95,26 @@ BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
 SCHEMA_VERSION = 5
 DEFENSE_STAGES = ("post-training", "training", "data")  # a row's ``stage`` (:mod:`defenses.base`)
+
+
+def sweep_json(values: dict[str, Any]) -> str:
+    """The ``sweep`` column of a sweep point's rows: its values as canonical JSON, empty without a sweep."""
+    return json.dumps(values, sort_keys=True) if values else ""
+
+
+def sweep_label(values: dict[str, Any]) -> str:
+    """A sweep point as logs and pages name it: ``key=value`` pairs joined by ``, `` (empty without a sweep)."""
+    return ", ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in values.items())
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
-# provenance columns, versions 1-4 ``stage``, ``removal_rate`` and the detection metrics. Such files are read
+# provenance columns, versions 1-4 ``cache_key``, ``sweep``, ``stage``, ``removal_rate`` and the detection metrics. Such files are read
 # as the current version (the leaderboard) and, when a run resumes into one, rewritten as it.
 PROVENANCE_COLUMNS = ["attack_package", "attack_package_version", "attack_source_sha256",
                       "defense_package", "defense_package_version", "defense_source_sha256"]
 DETECTION_COLUMNS = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall",
                      "n_removed"]
-_ADDED_IN_5 = {"stage": "post-training", "removal_rate": "", **dict.fromkeys(DETECTION_COLUMNS, "")}
+_ADDED_IN_5 = {"cache_key": "", "sweep": "", "stage": "post-training", "removal_rate": "",
+               **dict.fromkeys(DETECTION_COLUMNS, "")}
 _ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, ""),
                **_ADDED_IN_5}
 UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
@@ -104,7 +122,7 @@ UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
               3: _ADDED_IN_4,
               4: _ADDED_IN_5}
 COLUMNS = [
-    "schema_version", "cell_id", "preset", "attack", "defense", "seed", "status", "reason",
+    "schema_version", "cell_id", "cache_key", "sweep", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
     "stage", "removal_rate", *DETECTION_COLUMNS,
@@ -141,12 +159,13 @@ class ResultsFile:
         row = self.rows.get(cell_id)
         return row is not None and row["status"] == "ok"
 
-    def refuse_changed_configs(self, cells: list[tuple[str, str, str, int, str]]) -> None:
-        """Refuse to resume into this file under a changed config: a planned (preset, attack, defense, seed) whose
-        recorded row has another ``cell_id`` would mix two configurations in one results file."""
-        recorded = {(r["preset"], r["attack"], r["defense"], r["seed"]): r["cell_id"] for r in self.rows.values()}
-        for preset, attack, defense, seed, cell_id in cells:
-            other = recorded.get((preset, attack, defense, str(seed)))
+    def refuse_changed_configs(self, cells: list[tuple[str, str, str, int, str, str]]) -> None:
+        """Refuse to resume into this file under a changed config: a planned (preset, attack, defense, seed, sweep
+        point) whose recorded row has another ``cell_id`` would mix two configurations in one results file."""
+        recorded = {(r["preset"], r["attack"], r["defense"], r["seed"], r["sweep"]): r["cell_id"]
+                    for r in self.rows.values()}
+        for preset, attack, defense, seed, sweep, cell_id in cells:
+            other = recorded.get((preset, attack, defense, str(seed), sweep))
             if other is not None and other != cell_id:
                 raise UserError(f"{self.path} already holds {preset} / {attack} / {defense} seed {seed} under another "
                                 "config (preset, attack or defense settings changed); use another --out folder")

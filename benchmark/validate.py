@@ -45,43 +45,65 @@ def count_items(spec: SourceSpec, role: str) -> int:
 
 def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
              overrides: tuple[str, ...] = (), attack_overrides: dict[str, Any] | None = None,
-             out: Path | None = None, workers: int = 0) -> Report:
+             out: Path | None = None, workers: int = 0, sweeps: tuple[str, ...] = ()) -> Report:
     """Check everything a run of this grid needs; describe its data, cells, victims and optimizer steps, and
     estimate its time on this machine (:mod:`benchmark.runner.cost`; with ``out``, what that folder has not done
     yet, at the speed its victims trained; ``workers`` 0 as ``run`` chooses them on the CPU).
 
-    ``attacks`` and ``defenses`` are the CLI's comma-separated lists ("all"; "none" for no attack).
+    ``attacks`` and ``defenses`` are the CLI's comma-separated lists ("all"; "none" for no attack); ``sweeps`` the
+    ``--sweep`` options (:mod:`benchmark.sweeps`): every point is planned and checked, the first described, and
+    the estimate covers them all, counting what points share once.
     """
     from attacks import ATTACKS
     from benchmark.data.resolve import resolve_preset
     from benchmark.runner import plan_grid
+    from benchmark.sweeps import axes_of, sweep_points
     from defenses import DEFENSES
 
     report = Report()
     resolved = _attempt(report, lambda: resolve_preset(preset, overrides))
 
-    def grid() -> Plan:
+    def grid() -> list[Plan] | None:
         attack_names = [] if attacks.strip() == BENIGN_ATTACK else _attempt(report, lambda: ATTACKS.resolve(attacks))
         defense_names = _attempt(report, lambda: DEFENSES.resolve(defenses))
         if attack_names is None or defense_names is None:
             return None
         # Planned as resolved; with its data problems already reported, as given, so names are still checked.
-        return plan_grid(resolved or preset, attack_names, defense_names, seeds, attack_overrides=attack_overrides,
-                         resolve=False)
+        base = resolved or preset
+        return [plan_grid(point.preset, attack_names, defense_names, seeds, attack_overrides=attack_overrides,
+                          resolve=False, sweep=point.values)
+                for point in sweep_points(base, axes_of(base, sweeps))]
 
-    plan = _attempt(report, grid)
+    plans = _attempt(report, grid)
     if resolved is not None:
         report.lines += _attempt(report, lambda: _describe_data(resolved)) or []
-    if plan is not None:
-        report.lines += _describe_grid(plan)
+    if plans:
+        report.lines += _describe_grid(plans[0])
+        if plans[0].sweep:
+            victims = {spec.key for plan in plans for spec in plan.victims}
+            victims |= {cell.trained_key for plan in plans for cell in plan.cells if cell.trained_key}
+            cells = {cell.key for plan in plans for cell in plan.cells}
+            keys = ", ".join(key for key, _ in plans[0].sweep)
+            report.lines.append(f"sweep over {keys}: {len(plans)} points (the first described above); "
+                                f"{len(victims)} distinct victims and {len(cells)} distinct cells in all, each "
+                                f"shared by the points it is the same for; {sum(len(p.cells) for p in plans)} rows")
         if resolved is not None:
-            report.lines += _attempt(report, lambda: [_estimate(plan, out, workers)]) or []
+            report.lines += _attempt(report, lambda: [_estimate(plans, out, workers)]) or []
     return report
 
 
-def _estimate(plan: Plan, out: Path | None, workers: int) -> str:
-    from benchmark.runner.cost import grid_cost
+def _estimate(plans: list[Plan], out: Path | None, workers: int) -> str:
     from benchmark.runner.executors import MAX_CPU_WORKERS, cpu_cores
+
+    workers = workers or min(cpu_cores(), MAX_CPU_WORKERS)
+    counted: set[str] = set()
+    costs = [_cost(plan, out, workers, counted) for plan in plans]
+    return sum(costs[1:], costs[0]).describe()
+
+
+def _cost(plan: Plan, out: Path | None, workers: int, counted: set[str]):
+    from benchmark.runner.cost import grid_cost
+    from benchmark.runner.executors import cpu_cores
 
     data = plan.preset.data
     if data.test_images:
@@ -94,8 +116,7 @@ def _estimate(plan: Plan, out: Path | None, workers: int) -> str:
         from benchmark.data.source_splits import plan_splits
 
         test_images = plan_splits(data, count_items(data.train, "train"), count_items(data.eval, "eval")).test_images
-    workers = workers or min(cpu_cores(), MAX_CPU_WORKERS)
-    return grid_cost(plan, out, workers, test_images, threads=max(1, cpu_cores() // workers)).describe()
+    return grid_cost(plan, out, workers, test_images, threads=max(1, cpu_cores() // workers), counted=counted)
 
 
 def _attempt(report: Report, check):

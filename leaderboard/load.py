@@ -8,6 +8,7 @@ different things.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -19,7 +20,7 @@ from benchmark.errors import UserError
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
 from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, RESULTS_FILE, SCHEMA_VERSION,
-                               UPGRADABLE)
+                               UPGRADABLE, sweep_label)
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads",
                "n_removed")
@@ -62,11 +63,14 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
 
 def setting_names(table: pd.DataFrame) -> pd.Series:
     """The setting each row belongs to: its preset, followed by the victim's objective when that is not plain
-    ``clip`` (``fmnist-tiny [clip+ssl victim]``). Victims trained with different objectives are different
-    settings, so everything downstream (means, ranks, comparisons) keeps them apart."""
+    ``clip`` (``fmnist-tiny [clip+ssl victim]``) and by its sweep point (``fmnist-tiny
+    [defenses.cleanclip.inmodal_weight=2]``). Victims trained with different objectives, and sweep points, are
+    different settings, so everything downstream (means, ranks, comparisons) keeps them apart."""
     objective = table["victim_objective"].astype(str)
     other = ~objective.isin(["clip", ""])
-    return table["preset"].where(~other, table["preset"] + " [" + objective + " victim]")
+    names = table["preset"].where(~other, table["preset"] + " [" + objective + " victim]")
+    points = table["sweep"].fillna("").astype(str).map(lambda text: sweep_label(json.loads(text)) if text else "")
+    return names.where(points == "", names + " [" + points + "]")
 
 
 def _read_raw(path: Path) -> pd.DataFrame:
@@ -214,7 +218,8 @@ def load_cell_predictions(results: pd.DataFrame) -> dict[str, Predictions]:
     for row in results[results["status"] == "ok"].itertuples():
         if not CELL_ID.fullmatch(str(row.cell_id)):
             continue  # hand-made or foreign ids name no cache folder
-        path = Path(row.source).parent / "cache" / "cells" / row.cell_id / PREDICTIONS_FILE
+        folder = row.cache_key if isinstance(row.cache_key, str) and CELL_ID.fullmatch(row.cache_key) else row.cell_id
+        path = Path(row.source).parent / "cache" / "cells" / folder / PREDICTIONS_FILE
         if not path.is_file():
             continue
         try:

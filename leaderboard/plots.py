@@ -1,6 +1,6 @@
 """The leaderboard's figures, drawn with matplotlib's Agg backend (no display), each saved as PNG and SVG: the
 Pareto view of the ranking, CA against ASR per attack, the ASR heatmap, every seed's ASR (so one bad seed cannot
-hide in a mean) and the CA cost on the benign control.
+hide in a mean), the CA cost on the benign control, and a sweep's curves (:mod:`leaderboard.sweep_plots`).
 
 Colours are the Okabe–Ito palette and every defense also gets its own marker, so the plots read in greyscale
 and for colour-blind readers; the heatmap uses ``cividis``, built for the same purpose. Names from results
@@ -20,13 +20,15 @@ import pandas as pd  # noqa: E402
 
 from leaderboard.aggregate import NO_DEFENSE, Leaderboard  # noqa: E402
 from leaderboard.load import BENIGN_ATTACK  # noqa: E402
+from leaderboard.sweep_plots import sweep_figure  # noqa: E402
 
 OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "*", "h", "<", ">"]
 GREY = "#999999"
 FIGURES = {"pareto": "Pareto view: mean CA against worst-case ASR per defense",
            "tradeoff": "CA against ASR per attack", "asr_heatmap": "ASR by attack and defense",
-           "asr_seeds": "ASR of every seed per attack and defense", "ca_cost": "CA cost on the benign control"}
+           "asr_seeds": "ASR of every seed per attack and defense", "ca_cost": "CA cost on the benign control",
+           "sweeps": "ASR and CA against each swept setting: mean over seeds, band = 95% interval of the mean"}
 
 
 def text(value: object) -> str:
@@ -47,7 +49,7 @@ def draw_all(board: Leaderboard, out: Path) -> dict[str, Path]:
     styles = defense_styles(list(board.cells["defense"].unique()))
     drawers = {"pareto": _pareto, "tradeoff": lambda b, s: _tradeoff(b.cells, s),
                "asr_heatmap": lambda b, s: _heatmap(b.cells, s), "asr_seeds": _seed_strips,
-               "ca_cost": lambda b, s: _ca_cost(b.cells, s)}
+               "ca_cost": lambda b, s: _ca_cost(b.cells, s), "sweeps": lambda b, s: sweep_figure(b.per_seed, s)}
     drawn = {}
     for name in FIGURES:
         figure = drawers[name](board, styles)

@@ -16,7 +16,8 @@ from benchmark.cli.attacks import attacks_app
 from benchmark.cli.check import check_command
 from benchmark.cli.new import new_command
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
-                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
+                                   load_plugins,
                                    user_errors)
 from benchmark.cli.submit import submit_command, verify_command
 from benchmark.cli.validate import DataOption, validate_command
@@ -62,6 +63,7 @@ def run(
     slurm_max_requeue: int = scale.SlurmRequeueOption,
     slurm_option: Optional[List[str]] = scale.SlurmExtraOption,
     max_ca_cost: float = MaxCaCostOption,
+    sweep: Optional[List[str]] = SweepOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
     from benchmark.api import SlurmSettings, run_grid
@@ -70,7 +72,7 @@ def run(
         attacks, defenses, seeds, preset=preset, out=out, device=device, poison_rate=poison_rate,
         poison_count=poison_count, data_dir=data_dir, data=tuple(data or ()), plugins=tuple(plugin or ()),
         no_plugin_autoload=no_plugin_autoload, precision=precision, compile_model=compile_model, gpus=gpus,
-        executor=executor, workers=workers, max_ca_cost=max_ca_cost,
+        executor=executor, workers=workers, max_ca_cost=max_ca_cost, sweeps=tuple(sweep or ()),
         slurm=SlurmSettings(slurm_partition, slurm_timeout_min, slurm_max_requeue, tuple(slurm_option or ())),
         warn=lambda message: typer.echo(f"warning: {message}", err=True),
         before_run=lambda: scale.relaunch_under_torchrun(gpus, executor))

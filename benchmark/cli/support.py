@@ -20,6 +20,9 @@ PoisonCountOption = typer.Option(None, help="Override every attack's poison coun
 PluginOption = typer.Option(None, "--plugin", help="A plugin: path/to/file.py or module:Class (repeatable).")
 NoAutoloadOption = typer.Option(False, "--no-plugin-autoload",
                                 help="Do not load plugins from installed packages (also: CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD=1).")
+SweepOption = typer.Option(None, "--sweep", help="Sweep a preset setting (repeatable): KEY=V1,V2,... in the preset's "
+                                                 "dotted form, e.g. defenses.cleanclip.inmodal_weight=0,1,2 or "
+                                                 "attacks.badnet.poison_count=25,50,100.")
 
 
 def user_errors(command: Callable) -> Callable:

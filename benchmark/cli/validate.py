@@ -13,7 +13,8 @@ import typer
 
 from benchmark.api import attack_overrides, load_with_data_dir, parse_seeds
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
-                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, load_plugins,
+                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
+                                   load_plugins,
                                    user_errors)
 
 DataOption = typer.Option(
@@ -36,6 +37,7 @@ def validate_command(
     out: Optional[Path] = typer.Option(None, help="The run's output folder: the time estimate then leaves out what "
                                                   "it already holds and uses the speed its victims trained at."),
     workers: int = typer.Option(0, help="Workers the run will use (0: as `run` chooses them on the CPU)."),
+    sweep: Optional[List[str]] = SweepOption,
 ) -> None:
     """Check names, configs, every data path and the target class; print the plan. Trains nothing, no GPU."""
     from benchmark.validate import validate
@@ -43,7 +45,8 @@ def validate_command(
     load_plugins(plugin, no_plugin_autoload)
     chosen = load_with_data_dir(preset, data_dir)
     report = validate(chosen, attacks, defenses, parse_seeds(seeds), overrides=tuple(data or ()),
-                      attack_overrides=attack_overrides(poison_rate, poison_count), out=out, workers=workers)
+                      attack_overrides=attack_overrides(poison_rate, poison_count), out=out, workers=workers,
+                      sweeps=tuple(sweep or ()))
     typer.echo(f"preset {chosen.name} ({chosen.source})")
     for line in report.lines:
         typer.echo(f"  {line}")

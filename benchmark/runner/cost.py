@@ -54,6 +54,12 @@ class GridCost:
         busy = max(1, min(self.workers, self.victims + self.cells))
         return self.passes / max(self.images_per_second, 1e-9) / busy
 
+    def __add__(self, other: "GridCost") -> "GridCost":
+        """Two plans' costs as one (a sweep's points), at this one's speed."""
+        return GridCost(self.victims + other.victims, self.cells + other.cells, self.passes + other.passes,
+                        self.images_per_second, self.speed_source, self.workers,
+                        self.stage_victims + other.stage_victims)
+
     def describe(self) -> str:
         if not self.victims and not self.cells:
             return "estimate: nothing to train; every victim and cell is already in the cache"
@@ -64,18 +70,23 @@ class GridCost:
 
 
 def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
-              device: torch.device = torch.device("cpu"), threads: int = 1) -> GridCost:
+              device: torch.device = torch.device("cpu"), threads: int = 1,
+              counted: set[str] | None = None) -> GridCost:
     """The cost of what ``plan`` has not done yet in ``out_dir`` (everything, when ``out_dir`` is None), with
     ``test_images`` clean test images per evaluation; a speed to measure is measured at ``threads`` threads (a
-    worker's share of the CPU)."""
+    worker's share of the CPU). ``counted``: keys of victims and cells another plan's estimate already counts
+    (a sweep's points share them); the keys counted here are added to it."""
     preset = plan.preset
+    counted = counted if counted is not None else set()
     store = ArtifactStore(out_dir / "cache") if out_dir is not None else None
     results = ResultsFile(out_dir / RESULTS_FILE) if out_dir is not None and (out_dir / RESULTS_FILE).exists() else None
-    cells = [cell for cell in plan.cells if not (results is not None and results.done(cell.key))
-             and not (store is not None and store.cell_metrics(cell.key) is not None)]
+    cells = [cell for cell in plan.cells if not (results is not None and results.done(cell.row_id))
+             and not (store is not None and store.cell_metrics(cell.key) is not None) and cell.key not in counted]
+    cells = list({cell.key: cell for cell in cells}.values())
     needed = {cell.victim.key for cell in cells}
-    victims = [spec for spec in plan.victims
-               if spec.key in needed and (store is None or store.victim_meta(spec.key) is None)]
+    victims = [spec for spec in plan.victims if spec.key in needed and spec.key not in counted
+               and (store is None or store.victim_meta(spec.key) is None)]
+    counted |= {cell.key for cell in cells} | {spec.key for spec in victims}
     passes = len(victims) * victim_passes(preset)
     stage_victims = 0
     for cell in cells:
@@ -83,7 +94,8 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
         passes += 2 * test_images * EVAL_PASS_COST
         if cell.stage == "post-training":
             passes += preset.data.clean_pairs * cell.train_recipe.epochs * defense.passes_per_pair()
-        elif store is None or store.victim_meta(cell.trained_key) is None:
+        elif (store is None or store.victim_meta(cell.trained_key) is None) and cell.trained_key not in counted:
+            counted.add(cell.trained_key)
             stage_victims += 1
             if cell.stage == "training":
                 passes += preset.data.train_pairs * preset.victim.epochs * defense.passes_per_pair()

@@ -130,7 +130,7 @@ class LocalPool:
                         advance(1 + len(cells))
                         continue
                     results = ResultsFile(Path(out_dir) / RESULTS_FILE)  # cells the victim stage did not settle
-                    pending = [cell for cell in cells if not results.done(cell.key)]
+                    pending = [cell for cell in cells if not results.done(cell.row_id)]
                     advance(1 + len(cells) - len(pending))  # the victim, and cells its stage took from the cache
                     for cell in pending:
                         try:
@@ -280,7 +280,7 @@ def _gather(plan: Plan, group: Group, job: Any, out_dir: Path, summary: RunSumma
         reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
         written = ResultsFile(Path(out_dir) / RESULTS_FILE).rows
         results = SharedResults(Path(out_dir) / RESULTS_FILE)
-        for cell in (cell for cell in cells if cell.key not in written):
+        for cell in (cell for cell in cells if cell.row_id not in written):
             record_failed(plan, cell, reason, results, summary, reporter)
         return False
     summary.merge(finished)

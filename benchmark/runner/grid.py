@@ -14,7 +14,7 @@ import torch
 
 from benchmark.distributed import barrier, world
 from benchmark.progress import Reporter
-from benchmark.results import RESULTS_FILE, ResultsFile
+from benchmark.results import RESULTS_FILE, ResultsFile, sweep_json, sweep_label
 from benchmark.runner.cost import grid_cost
 from benchmark.runner.executors import Executor, InProcess, cpu_cores
 from benchmark.runner.lock import OutputLock
@@ -34,11 +34,13 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
     check_output_folder(out_dir)
     # Refuse a foreign, other-version or other-config results file before writing anything.
     ResultsFile(out_dir / RESULTS_FILE).refuse_changed_configs(
-        [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, c.key) for c in plan.cells])
+        [(plan.preset.name, c.victim.attack, c.defense, c.victim.seed, sweep_json(dict(c.sweep)), c.row_id)
+         for c in plan.cells])
     task = build_task(plan.preset)  # a missing or too small dataset fails here, before anything is written
     executor = executor if executor is not None else InProcess()
     with OutputLock(out_dir) if world().is_main else contextlib.nullcontext():
-        reporter.log(f"plan: preset {plan.preset.name}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
+        point = f" [sweep {sweep_label(dict(plan.sweep))}]" if plan.sweep else ""
+        reporter.log(f"plan: preset {plan.preset.name}{point}, {len(plan.victims)} victims, {len(plan.cells)} cells, "
                      f"device {device}, output {out_dir}")
         if not reporter.quiet:
             workers = getattr(executor, "workers", 1)
@@ -48,7 +50,7 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
         barrier()  # under torchrun every rank has read the results before rank 0 writes
         if world().is_main and remove_stale_temporaries(out_dir):
             reporter.log("removed temporary files left by a killed run")
-        pending = [cell for cell in plan.cells if not results.done(cell.key)]
+        pending = [cell for cell in plan.cells if not results.done(cell.row_id)]
         summary.cells_skipped = len(plan.cells) - len(pending)
         if summary.cells_skipped:
             reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")

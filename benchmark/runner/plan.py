@@ -13,6 +13,7 @@ training split marks the victim key and a streamed clean split the cell key.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,13 @@ class CellSpec:
     removal_rate: float | None = None  # data stage: the share of training pairs removed before retraining
     # training and data stages: the cache key of the victim the defense trains (or the runner retrains)
     trained_key: str | None = None
+    sweep: tuple[tuple[str, Any], ...] = ()  # the sweep point this cell belongs to (benchmark.sweeps); () if none
+
+    @property
+    def row_id(self) -> str:
+        """The cell's id in ``results.csv``: its cache key, or with a sweep, the key and the point (a cell that
+        several points share is computed once, under :attr:`key`, and recorded once per point)."""
+        return self.key if not self.sweep else content_key("row", self.key, list(map(list, self.sweep)))
 
     @property
     def recipe(self) -> dict[str, Any] | None:
@@ -89,10 +97,12 @@ class Plan:
     preset: Preset
     victims: list[VictimSpec]
     cells: list[CellSpec]
+    sweep: tuple[tuple[str, Any], ...] = ()  # the sweep point planned (benchmark.sweeps); () if none
 
 
 def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: list[int], *,
-              attack_overrides: dict[str, Any] | None = None, resolve: bool = True) -> Plan:
+              attack_overrides: dict[str, Any] | None = None, resolve: bool = True,
+              sweep: tuple[tuple[str, Any], ...] = ()) -> Plan:
     """Build and validate the plan. ``attack_overrides`` (``poison_rate``/``poison_count``) apply to every attack.
 
     A preset with data sources is resolved first (paths expanded and checked, class names, templates and
@@ -113,8 +123,9 @@ def plan_grid(preset: Preset, attacks: list[str], defenses: list[str], seeds: li
     for attack in attacks:
         settings = {**preset.attacks.get(attack, {}), **(attack_overrides or {})}
         victims += [_victim(preset, attack, seed, settings) for seed in seeds]
-    cells = [_cell(preset, victim, defense) for victim in victims for defense in defenses]
-    return Plan(preset, victims, cells)
+    cells = [dataclasses.replace(_cell(preset, victim, defense), sweep=sweep) for victim in victims
+             for defense in defenses]
+    return Plan(preset, victims, cells, sweep)
 
 
 def check_model(preset: Preset) -> None:

@@ -18,7 +18,7 @@ from benchmark.detection_metrics import DETECTION_FIELDS, DetectionMetrics
 from benchmark.metrics import Metrics
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
-from benchmark.results import BENIGN_ATTACK, SCHEMA_VERSION
+from benchmark.results import BENIGN_ATTACK, SCHEMA_VERSION, sweep_json
 from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan
 from defenses import DEFENSES
@@ -58,7 +58,8 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
     detection metrics for a data-stage cell only."""
     preset, victim = plan.preset, cell.victim
     row: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "cell_id": cell.key, "preset": preset.name, "attack": victim.attack,
+        "schema_version": SCHEMA_VERSION, "cell_id": cell.row_id, "cache_key": cell.key,
+        "sweep": sweep_json(dict(cell.sweep)), "preset": preset.name, "attack": victim.attack,
         "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
         "target": preset.text.target, "n_classes": len(preset.text.classnames) or None,
         "poison_count": victim.poison_count,

@@ -1,0 +1,70 @@
+"""A sweep's curves (:mod:`benchmark.sweeps`): for each swept key of a preset, ASR and CA against its values, one
+line per (attack, defense), the band the 95% Student-t interval of the mean over seeds.
+
+Rows carry their point in the ``sweep`` column; a point's rows form their own setting on the leaderboard
+(``fmnist-tiny [defenses.cleanclip.inmodal_weight=2]``), so each point's ΔASR is against its own no-defense
+cell. With several swept keys, a line also holds the other keys fixed, and its label says at which values.
+Numeric values are drawn to scale; others (text) at even spacing in the order they first appear.
+"""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from benchmark.results import BENIGN_ATTACK, sweep_label
+from leaderboard.aggregate import mean_interval
+
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def sweep_rows(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """The per-seed rows of sweep points, with ``base`` (the setting without its point) and ``point`` (a dict)."""
+    rows = per_seed[per_seed["sweep"].fillna("").astype(str) != ""].copy()
+    if rows.empty:
+        return rows.assign(base=[], point=[])
+    rows["point"] = rows["sweep"].map(json.loads)
+    rows["base"] = [name.removesuffix(f" [{sweep_label(point)}]") for name, point in zip(rows["preset"], rows["point"])]
+    return rows
+
+
+def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Figure | None:
+    """One row of panels (ASR, CA) per (preset, swept key); None without a sweep."""
+    rows = sweep_rows(per_seed)
+    if rows.empty:
+        return None
+    panels = sorted({(base, key) for base, point in zip(rows["base"], rows["point"]) for key in point})
+    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    attacks = sorted(rows["attack"].unique())
+    for (base, key), (asr_axis, ca_axis) in zip(panels, axes):
+        mine = rows[(rows["base"] == base) & rows["point"].map(lambda point: key in point)]
+        values = list(dict.fromkeys(point[key] for point in mine["point"]))
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
+        fixed = mine["point"].map(lambda point: sweep_label({k: v for k, v in point.items() if k != key}))
+        for (attack, defense, others), line in mine.groupby([mine["attack"], mine["defense"], fixed], sort=True):
+            colour, marker = styles.get(defense, ("#000000", "o"))
+            label = f"{attack} × {defense}" + (f" ({others})" if others else "")
+            style = LINESTYLES[attacks.index(attack) % len(LINESTYLES)]
+            by_value = line.groupby(line["point"].map(lambda point: point[key]), sort=False)
+            for metric, axis in (("asr", asr_axis), ("ca", ca_axis)):
+                if metric == "asr" and attack == BENIGN_ATTACK:
+                    continue
+                stats = sorted((position[v], *mean_interval(group[metric])) for v, group in by_value)
+                x = np.array([s[0] for s in stats])
+                mean, low, high = (np.array([s[i] for s in stats], dtype=float) for i in (1, 3, 4))
+                axis.plot(x, mean, linestyle=style, marker=marker, color=colour, label=label)
+                if np.isfinite(low).any():
+                    axis.fill_between(x, np.clip(low, 0, 1), np.clip(high, 0, 1), color=colour, alpha=0.15, linewidth=0)
+        for axis, metric in ((asr_axis, "ASR"), (ca_axis, "CA")):
+            axis.set(xlabel=key.replace("$", r"\$"), ylabel=metric, ylim=(-0.03, 1.03),
+                     title=f"{metric} ({base})".replace("$", r"\$"))
+            if not numeric:
+                axis.set_xticks(range(len(values)), [str(v).replace("$", r"\$") for v in values])
+            axis.grid(alpha=0.3)
+        ca_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    figure.tight_layout()
+    return figure

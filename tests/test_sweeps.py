@@ -1,0 +1,100 @@
+"""Sweeps (``--sweep KEY=V1,V2`` and a preset's ``[sweep]``): every point planned and checked before anything
+runs, rows that record their point, a cache shared across points (a defense-setting sweep trains no extra
+victim), resuming, and the leaderboard's settings and curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.api import run_grid
+from benchmark.errors import UserError
+from benchmark.presets import load_preset
+from benchmark.runner import plan_grid
+from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
+from tests.helpers import TEST_PRESET
+
+SWEEP = "defenses.finetune.epochs=1,2"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("sweep")
+    grid = run_grid(["badnet"], ["none", "finetune"], [0], preset=str(TEST_PRESET), out=out, workers=1,
+                    no_plugin_autoload=True, sweeps=[SWEEP])
+    return out, grid
+
+
+def test_values_are_read_as_toml_and_axes_multiply():
+    axis = parse_sweep_option("defenses.cleanclip.inmodal_weight=0, 0.5,2")
+    assert axis.values == (0, 0.5, 2) and isinstance(axis.values[1], float)
+    preset = load_preset(str(TEST_PRESET))
+    points = sweep_points(preset, axes_of(preset, [SWEEP, "finetune.lr=1e-4,1e-3,3e-3"]))
+    assert len(points) == 6 and points[0].preset.defenses["finetune"] == {"epochs": 1}
+    assert points[-1].preset.finetune.lr == 3e-3 and points[-1].label == "defenses.finetune.epochs=2, finetune.lr=0.003"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("finetune.epoch=1,2", r"Unknown key 'finetune.epoch'. Did you mean: epochs\?"),
+    ("finetune.epochs=0,1", r"sweep finetune.epochs=0: .*epochs = 0 is out of range; allowed: \[1, 10000\]"),
+    ("model.name=x", r"sweep key 'model.name': expected one of data.KEY, victim.KEY"),
+    ("defenses.cleanclp.epochs=1", r"Unknown defense 'cleanclp'. Did you mean: cleanclip\?"),
+    ("finetune.epochs", r"expected KEY=V1,V2,..."),
+    ("finetune.epochs=1,1", r"a value is listed twice"),
+])
+def test_a_bad_sweep_is_one_line_naming_the_key(option, message):
+    preset = load_preset(str(TEST_PRESET))
+    with pytest.raises(UserError, match=message):
+        sweep_points(preset, axes_of(preset, [option]))
+
+
+def test_a_bad_attack_setting_in_a_sweep_fails_when_planned(cli):
+    code, out, err = cli("validate", "--preset", TEST_PRESET, "--attacks", "badnet", "--defenses", "none",
+                         "--sweep", "attacks.badnet.patch_sise=2,4", "--no-plugin-autoload")
+    assert code == 2 and "Unknown key 'attacks.badnet.patch_sise'. Did you mean: patch_size?" in err
+    assert "Traceback" not in err
+
+
+def test_a_defense_setting_sweep_trains_no_extra_victim_and_shares_the_other_cells(swept):
+    out, grid = swept
+    assert grid.summary.victims_trained == 2  # the benign control and badnet, once for both points
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 8 and rows.cell_id.is_unique
+    assert sorted(rows.sweep.unique()) == ['{"defenses.finetune.epochs": 1}', '{"defenses.finetune.epochs": 2}']
+    none = rows[rows.defense == "none"]
+    assert none.cache_key.nunique() == 2  # one per victim, shared by both points
+    assert len(list((out / "cache" / "cells").iterdir())) == 6  # 2 none + 2 × 2 finetune
+    finetune = rows[rows.defense == "finetune"]
+    assert finetune.cache_key.nunique() == 4
+
+
+def test_a_rerun_of_a_sweep_does_nothing(swept):
+    out, _ = swept
+    again = run_grid(["badnet"], ["none", "finetune"], [0], preset=str(TEST_PRESET), out=out, workers=1,
+                     no_plugin_autoload=True, sweeps=[SWEEP])
+    assert (again.summary.victims_trained, again.summary.cells_run, again.summary.cells_skipped) == (0, 0, 8)
+
+
+def test_the_leaderboard_keeps_points_apart_and_draws_the_curves(swept):
+    out, _ = swept
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board.preset) == {"fmnist-test [defenses.finetune.epochs=1]", "fmnist-test [defenses.finetune.epochs=2]"}
+    assert (out / "sweeps.png").is_file() and (out / "sweeps.svg").is_file()
+    assert 'id="figure-sweeps"' in (out / "index.html").read_text()
+
+
+def test_an_attack_sweep_shares_the_benign_control_and_a_preset_may_declare_it(tmp_path):
+    preset_file = tmp_path / "swept.toml"
+    preset_file.write_text(f'extends = "{TEST_PRESET}"\nname = "swept"\n\n[sweep]\n'
+                           '"attacks.badnet.poison_count" = [10, 20]\n')
+    preset = load_preset(str(preset_file))
+    points = sweep_points(preset, axes_of(preset))
+    plans = [plan_grid(p.preset, ["badnet"], ["none"], [0], sweep=p.values) for p in points]
+    benign = {v.key for plan in plans for v in plan.victims if v.attack == "none"}
+    poisoned = {v.key for plan in plans for v in plan.victims if v.attack == "badnet"}
+    assert len(benign) == 1 and len(poisoned) == 2
+    assert [plan.victims[-1].poison_count for plan in plans] == [10, 20]
+    assert json.loads(json.dumps(dict(plans[1].sweep))) == {"attacks.badnet.poison_count": 20}
