@@ -48,7 +48,7 @@ def keys(cls: type) -> str:
 CASES = [
     # Names that do not exist, with a did-you-mean.
     Case("unknown-attack", "Unknown attack 'blend'. Did you mean: blended? Available: {attacks}.", ("--attacks", "blend")),
-    Case("unknown-defense", "Unknown defense 'cleenclip'. Did you mean: cleanclip? Available: {defenses}.",
+    Case("unknown-defense", "Unknown defense 'cleenclip'. Did you mean: cleanclip, safeclip, roclip? Available: {defenses}.",
          ("--defenses", "cleenclip")),
     Case("unknown-preset", "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl? Available: {presets} "
          "(or a path to a .toml file).", ("--preset", "fmnist-tiney")),
