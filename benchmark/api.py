@@ -108,7 +108,8 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     run = GridRun(plans[0], summary, out, plans=plans)
     if not main:
         return run
-    reporter.log(f"done: {summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
+    clean = f"{summary.pretrained_trained} clean model pretrained, " if summary.pretrained_trained else ""
+    reporter.log(f"done: {clean}{summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
                  f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
                  f"{summary.cells_failed} failed")
     _write_outputs(run, chosen_preset, attack_names, reporter, max_ca_cost)

@@ -163,6 +163,31 @@ class DetectionSpec:
 
 
 @dataclass(frozen=True)
+class PretrainSpec(TrainRecipe):
+    """The clean CLIP that ``[victim] init = "pretrained"`` victims start from, when the model has no weights of its
+    own: trained once per run with the CLIP loss on ``pairs`` clean pairs disjoint from every other split, with
+    this recipe (the TrainRecipe fields), from a random initialisation and batch order drawn from ``seed``.
+
+    The model does not depend on the run's seeds: every victim of the run is finetuned from the same one. Only the
+    built-in dataset has a pretraining split (taken after the other splits, so they stay as they are); a preset with
+    data sources starts its pretrained victims from ``[model] pretrained``. ``pairs = 0``: no pretraining split.
+    """
+
+    pairs: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_range("pairs", self.pairs, 0, None)
+        check_range("seed", self.seed, 0, None)
+
+    @property
+    def recipe(self) -> VictimRecipe:
+        """The clean model's training run: this recipe with the plain CLIP objective."""
+        return VictimRecipe(**{name: getattr(self, name) for name in TrainRecipe.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class Preset:
     """A complete scenario; ``attacks``/``defenses`` hold per-component settings (poison rate, config keys)."""
 
@@ -177,14 +202,44 @@ class Preset:
     defenses: dict[str, dict[str, Any]] = field(default_factory=dict)
     detection: DetectionSpec = DetectionSpec()
     sweeps: tuple[SweepAxis, ...] = ()  # the preset's [sweep] table: a study as a file (benchmark.sweeps)
+    pretrain: PretrainSpec = PretrainSpec()  # the clean model pretrained victims start from (no weights given)
     # How hyperparameters were chosen, recorded in every row: ``recipe`` for the shared [finetune] recipe, a
     # defense's name for its own settings. Absent means "fixed in the preset" (issue 4's fair-tuning protocol).
     tuning: dict[str, str] = field(default_factory=dict)
     source: str = ""
 
+    def __post_init__(self) -> None:
+        check_initialisation(self.victim, self.model, self.pretrain, self.data)
+
     @property
     def target_index(self) -> int:
         return self.text.classnames.index(self.text.target)
+
+    @property
+    def trains_clean_model(self) -> bool:
+        """Whether the victims start from a clean model trained here on the ``[pretrain]`` pairs (once per run)."""
+        return self.victim.init == "pretrained" and not self.model.pretrained
+
+
+def check_initialisation(victim: VictimRecipe, model: ModelSpec, pretrain: PretrainSpec, data: DataSpec) -> None:
+    """Refuse a victim start the preset cannot give: a pretrained victim starts from the model's weights or from a
+    clean model trained on ``[pretrain]`` pairs (exactly one of them); a scratch victim from a random init."""
+    weights = model.pretrained
+    if victim.init == "scratch":
+        if weights:
+            raise UserError(f"model.pretrained = {weights!r} starts the victim from weights: set victim.init = "
+                            "\"pretrained\" (a \"scratch\" victim starts from a random initialisation)")
+        return
+    if data.uses_sources and not weights:
+        raise UserError("victim.init = \"pretrained\" with data sources starts from the model's own weights: set "
+                        "model.pretrained (an open_clip tag such as \"openai\", or a weights file)"
+                        + (f"; pretrain.pairs = {pretrain.pairs} needs the built-in dataset" if pretrain.pairs else ""))
+    if weights and pretrain.pairs:
+        raise UserError(f"victim.init = \"pretrained\" starts from model.pretrained = {weights!r} or from a clean model "
+                        f"trained on pretrain.pairs = {pretrain.pairs} pairs, not both: remove one")
+    if not weights and not pretrain.pairs:
+        raise UserError("victim.init = \"pretrained\" needs a model to start from: set pretrain.pairs (a clean CLIP "
+                        "trained here on that many disjoint pairs) or model.pretrained (weights)")
 
 
 def builtin_presets() -> dict[str, Path]:
@@ -243,7 +298,7 @@ def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
     raw = dict(raw)
     known = {"name", "description", "data", "model", "text", "victim", "finetune", "attacks", "defenses", "tuning",
-             "detection", "sweep"}
+             "detection", "sweep", "pretrain"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise UserError(f"Unknown preset key(s) {', '.join(unknown)} in {source or 'preset'}. Known: {', '.join(sorted(known))}.")
@@ -261,6 +316,7 @@ def parse_preset(raw: dict[str, Any], source: str = "") -> Preset:
         attacks={k: dict(v) for k, v in raw.get("attacks", {}).items()},
         defenses={k: dict(v) for k, v in raw.get("defenses", {}).items()},
         detection=build_config(DetectionSpec, raw.get("detection"), "detection"),
+        pretrain=build_config(PretrainSpec, raw.get("pretrain"), "pretrain"),
         sweeps=declared_sweeps(raw.get("sweep"), source),
         tuning=_tuning_notes(raw.get("tuning", {}), source),
         source=source,

@@ -54,6 +54,10 @@ model                 open_clip architecture of the victim
 victim_objective      the objective the victim was trained with (the preset's ``[victim] objective``): ``clip``,
                       or ``clip+ssl`` (with ``(ssl_weight W)`` when W is not 1); ``clip`` in rows upgraded from
                       schema version 3 or older, which only had CLIP-trained victims
+victim_init           how the victim started (the preset's ``[victim] init``): ``scratch`` (a random initialisation
+                      trained on the poisoned pairs) or ``pretrained`` (a clean CLIP, the model's own weights or
+                      one trained on the preset's disjoint ``[pretrain]`` pairs, finetuned on them); ``scratch`` in
+                      rows upgraded from version 4 or older, and in version-5 rows written before the column
 victim_key            cache key of the victim the defense was applied to
 cleanbench_version    package version that produced the row
 git_commit            commit of the cleanbench checkout, if any
@@ -107,26 +111,30 @@ def sweep_label(values: dict[str, Any]) -> str:
     return ", ".join(f"{key}={json.dumps(value) if isinstance(value, str) else value}" for key, value in values.items())
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
-# provenance columns, versions 1-4 ``cache_key``, ``sweep``, ``stage``, ``removal_rate`` and the detection metrics. Such files are read
-# as the current version (the leaderboard) and, when a run resumes into one, rewritten as it.
+# provenance columns, versions 1-4 ``cache_key``, ``sweep``, ``stage``, ``removal_rate``, the detection metrics
+# and ``victim_init``. Such files are read as the current version (the leaderboard) and, when a run resumes into
+# one, rewritten as it. Version 5 gained columns before it was released: a version-5 file without one of them is
+# read with its default too.
 PROVENANCE_COLUMNS = ["attack_package", "attack_package_version", "attack_source_sha256",
                       "defense_package", "defense_package_version", "defense_source_sha256"]
 DETECTION_COLUMNS = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall",
                      "n_removed"]
 _ADDED_IN_5 = {"cache_key": "", "sweep": "", "stage": "post-training", "removal_rate": "",
-               **dict.fromkeys(DETECTION_COLUMNS, "")}
+               **dict.fromkeys(DETECTION_COLUMNS, ""), "victim_init": "scratch"}
 _ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, ""),
                **_ADDED_IN_5}
 UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
               2: {"n_classes": "", **_ADDED_IN_4},
               3: _ADDED_IN_4,
-              4: _ADDED_IN_5}
+              4: _ADDED_IN_5,
+              5: _ADDED_IN_5}  # only the columns such a file lacks are filled (see above)
 COLUMNS = [
     "schema_version", "cell_id", "cache_key", "sweep", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
     "stage", "removal_rate", *DETECTION_COLUMNS,
-    "model", "victim_objective", "victim_key", "cleanbench_version", "git_commit", "device", "torch_threads",
+    "model", "victim_objective", "victim_init", "victim_key", "cleanbench_version", "git_commit", "device",
+    "torch_threads",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at", *PROVENANCE_COLUMNS,
 ]
 METRIC_COLUMNS = ["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered"]

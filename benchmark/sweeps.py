@@ -2,7 +2,7 @@
 
 ``--sweep KEY=V1,V2,...`` (repeatable) on ``run`` and ``validate``, or a preset's ``[sweep]`` table
 (``"defenses.cleanclip.inmodal_weight" = [0, 0.5, 1, 2, 4, 8]``), names a setting in the preset's own dotted form:
-``data.KEY``, ``victim.KEY``, ``finetune.KEY``, ``detection.KEY``, ``attacks.NAME.KEY`` or
+``data.KEY``, ``victim.KEY``, ``finetune.KEY``, ``detection.KEY``, ``pretrain.KEY``, ``attacks.NAME.KEY`` or
 ``defenses.NAME.KEY``. Several swept keys give their cartesian product. Each point of the sweep is the preset
 with those values set, checked like the preset itself (an unknown key or a value out of range is one line before
 anything runs), planned and run on its own into the same output folder. Artifacts are keyed by content, so
@@ -27,7 +27,7 @@ from benchmark.errors import UserError, did_you_mean
 from benchmark.presets import Preset, SweepAxis
 from benchmark.results import sweep_label
 
-SWEEPABLE = ("data", "victim", "finetune", "detection", "attacks", "defenses")
+SWEEPABLE = ("data", "victim", "finetune", "detection", "attacks", "defenses", "pretrain")
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ def with_setting(preset: Preset, key: str, value: Any) -> Preset:
     section, _, rest = key.partition(".")
     if section not in SWEEPABLE or not rest:
         hint = did_you_mean(section, SWEEPABLE, n=1, cutoff=0.6)
-        raise UserError(f"sweep key {key!r}: expected one of {', '.join(s + '.KEY' for s in SWEEPABLE[:4])}, "
-                        f"attacks.NAME.KEY or defenses.NAME.KEY.{hint}")
+        sections = ", ".join(f"{name}.KEY" for name in SWEEPABLE if name not in ("attacks", "defenses"))
+        raise UserError(f"sweep key {key!r}: expected one of {sections}, attacks.NAME.KEY or defenses.NAME.KEY.{hint}")
     if section in ("attacks", "defenses"):
         name, _, field = rest.partition(".")
         if not field or "." in field:
@@ -115,6 +115,6 @@ def with_setting(preset: Preset, key: str, value: Any) -> Preset:
     hint = typing.get_type_hints(type(spec))[rest]
     try:
         replaced = dataclasses.replace(spec, **{rest: coerce_value(value, hint, key)})
+        return dataclasses.replace(preset, **{section: replaced})  # checks how the victim starts (Preset)
     except UserError as error:
         raise UserError(f"sweep {key}={value!r}: {error}") from None
-    return dataclasses.replace(preset, **{section: replaced})

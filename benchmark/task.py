@@ -1,4 +1,5 @@
-"""A preset's data made concrete: disjoint victim-training pairs, clean defense pairs, validation and test sets.
+"""A preset's data made concrete: disjoint victim-training pairs, clean defense pairs, validation and test sets,
+and for a preset whose victims start from a clean model trained here, that model's pretraining pairs.
 
 The split and the captions depend only on the preset (``split_seed``), never on the run's seed, so every cell
 of a grid sees the same clean pairs and the same test set. Two kinds of preset: the built-in Fashion-MNIST
@@ -34,6 +35,9 @@ class Task:
     val_set: EvalSet
     test_set: EvalSet
     captions: CaptionWriter
+    # The clean model's pairs (:attr:`benchmark.presets.Preset.trains_clean_model`), disjoint from every other
+    # split; None when the victims do not start from a model trained here.
+    pretrain_pairs: PairSet | None = None
 
     @property
     def target_index(self) -> int:
@@ -49,11 +53,18 @@ def build_task(preset: Preset) -> Task:
         from benchmark.data.resolve import resolve_preset
 
         preset = resolve_preset(preset)
-    key = content_key(config_dict(preset.data), config_dict(preset.text))
+    pretrain = (pretrain_pair_count(preset),) if pretrain_pair_count(preset) else ()
+    key = content_key(config_dict(preset.data), config_dict(preset.text), *pretrain)
     if key not in _TASKS:
         _TASKS.clear()  # keep at most one materialised dataset in memory
         _TASKS[key] = _from_sources(preset) if preset.data.uses_sources else _materialise(preset)
     return _TASKS[key]
+
+
+def pretrain_pair_count(preset: Preset) -> int:
+    """How many pretraining pairs the task holds: ``[pretrain] pairs`` when the victims start from a clean model
+    trained here, else 0 (data sources have no pretraining split: their pretrained victims start from weights)."""
+    return preset.pretrain.pairs if preset.trains_clean_model and not preset.data.uses_sources else 0
 
 
 def _from_sources(preset: Preset) -> Task:
@@ -79,6 +90,11 @@ def _materialise(preset: Preset) -> Task:
             f"data.train_pairs + data.clean_pairs + data.val_pairs = {needed} exceeds the "
             f"{len(train.labels)} training images of {data.dataset}"
         )
+    pretrain_count = pretrain_pair_count(preset)
+    if needed + pretrain_count > len(train.labels):
+        raise UserError(f"pretrain.pairs = {pretrain_count} is out of range: with data.train_pairs + data.clean_pairs "
+                        f"+ data.val_pairs = {needed}, {data.dataset}'s {len(train.labels)} training images leave "
+                        f"{len(train.labels) - needed} for pretraining")
     if data.test_images > len(test.labels):
         raise UserError(f"data.test_images = {data.test_images} exceeds the {len(test.labels)} test images")
     if not preset.text.classnames:
@@ -96,15 +112,20 @@ def _materialise(preset: Preset) -> Task:
 
     test_count = data.test_images or len(test.labels)
     val_idx = parts[2]
+    train_pairs, clean_pairs = pairs(parts[0]), pairs(parts[1])
+    # The pretraining split comes after the others in the permutation, and its captions after theirs from the
+    # generator, so adding it changes no other split (nor any key or artifact of a preset without it).
+    pretrain_pairs = pairs(order[needed:needed + pretrain_count]) if pretrain_count else None
     return Task(
         preset=preset,
-        train_pairs=pairs(parts[0]),
-        clean_pairs=pairs(parts[1]),
+        train_pairs=train_pairs,
+        clean_pairs=clean_pairs,
         val_set=EvalSet(_prepare(train.images[val_idx], data.image_size), train.labels[val_idx],
                         list(text.classnames), list(text.eval_templates)),
         test_set=EvalSet(_prepare(test.images[:test_count], data.image_size), test.labels[:test_count].clone(),
                          list(text.classnames), list(text.eval_templates)),
         captions=writer,
+        pretrain_pairs=pretrain_pairs,
     )
 
 

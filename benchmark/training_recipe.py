@@ -1,5 +1,5 @@
 """The hyperparameters of one contrastive training run (victim training or a finetuning defense), and the
-victim's objective."""
+victim's objective and initialisation."""
 
 from __future__ import annotations
 
@@ -40,30 +40,45 @@ class TrainRecipe:
 
 
 VICTIM_OBJECTIVES = ("clip", "clip+ssl")
+# How a victim starts (issue 18.3): a random initialisation trained on the poisoned pairs (the CleanCLIP paper's
+# main setting), or a clean pretrained CLIP finetuned on them (its second setting, and BadCLIP's threat model).
+VICTIM_INITS = ("scratch", "pretrained")
 
 
 @dataclass(frozen=True)
 class VictimRecipe(TrainRecipe):
-    """The victim's training run: the recipe, and the objective it is trained with (issue 15's axis).
+    """The victim's training run: the recipe, the objective it is trained with (issue 15's axis) and how it starts.
 
     ``objective = "clip"`` is the CLIP loss the CleanCLIP paper's victims are trained with. ``"clip+ssl"`` adds
     CleanCLIP's in-modal self-supervised term during training, weighted by ``ssl_weight``: Verma et al.
     (arXiv 2311.14948) found that CleanCLIP no longer removes a backdoor from a victim pretrained this way.
+
+    ``init = "scratch"`` trains the victim from a random initialisation; ``"pretrained"`` finetunes a clean CLIP
+    on the poisoned pairs with this recipe: the model's own weights (``[model] pretrained``), or a clean model
+    trained once per run on the preset's disjoint ``[pretrain]`` pairs (:mod:`benchmark.runner.pretrained`).
     """
 
     objective: str = "clip"
     ssl_weight: float = 1.0
+    init: str = "scratch"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.objective not in VICTIM_OBJECTIVES:
             raise UserError(f"victim.objective = {self.objective!r} is not one of {', '.join(VICTIM_OBJECTIVES)}")
         check_range("ssl_weight", self.ssl_weight, 0.0, 1_000.0, low_inclusive=False)
+        if self.init not in VICTIM_INITS:
+            raise UserError(f"victim.init = {self.init!r} is not one of {', '.join(VICTIM_INITS)}")
 
     def key_config(self) -> dict:
         """The settings that determine the victim, for its cache key. A ``clip`` victim's key leaves the objective
-        out (``ssl_weight`` does not apply to it), so victims cached before the axis existed keep their keys."""
+        out (``ssl_weight`` does not apply to it), so victims cached before the axis existed keep their keys.
+
+        ``init`` is always left out: the starting model enters the victim key on its own, as the model's weights
+        (``[model] pretrained``, already part of the key) or the key of the clean model trained here
+        (:func:`benchmark.runner.plan.pretrained_key`), so a scratch victim keeps the key it had before."""
         values = config_dict(self)
+        values.pop("init")
         if self.objective == "clip":
             values.pop("objective")
             values.pop("ssl_weight")

@@ -133,8 +133,9 @@ def _describe_data(preset: Preset) -> list[str]:
         from benchmark.task import build_task
 
         task = build_task(preset)  # the built-in set is small: load and split it for real
-        return [f"data: {data.dataset}: {len(task.train_pairs)} victim-training pairs, {len(task.clean_pairs)} clean, "
-                f"{len(task.val_set)} validation, {len(task.test_set)} test images (in memory)",
+        pretrain = f", {len(task.pretrain_pairs)} pretraining" if task.pretrain_pairs is not None else ""
+        return [f"data: {data.dataset}: {len(task.train_pairs)} victim-training pairs, {len(task.clean_pairs)} clean"
+                f"{pretrain}, {len(task.val_set)} validation, {len(task.test_set)} test images (in memory)",
                 f"target: {text.target} (class {preset.target_index} of {len(text.classnames)})"]
     from benchmark.data.source_splits import plan_splits
 
@@ -160,14 +161,14 @@ def _describe_grid(plan: Plan) -> list[str]:
     from defenses import DEFENSES
 
     preset = plan.preset
-    weights = preset.model.pretrained
     victim_steps = preset.data.train_pairs // preset.victim.batch_size * preset.victim.epochs
     attacks = sorted({v.attack for v in plan.victims})
     seeds = sorted({v.seed for v in plan.victims})
     defenses = list(dict.fromkeys(cell.defense for cell in plan.cells))
     stage_victims = sum(1 for cell in plan.cells if cell.stage != "post-training")
+    start, pretraining, pretrain_steps = _victim_start(preset)
     lines = [
-        f"model: {preset.model.name} ({'from ' + weights if weights else 'random init, trained from scratch'})",
+        f"model: {preset.model.name} ({start})",
         f"grid: {len(plan.cells)} cells = {len(attacks)} attacks (incl. the benign control 'none') × "
         f"{len(defenses)} defenses × {len(seeds)} seeds; {len(plan.victims) + stage_victims} victims to train"
         + (f" ({stage_victims} of them by training- and data-stage defenses, one per attack and seed)"
@@ -177,6 +178,7 @@ def _describe_grid(plan: Plan) -> list[str]:
         f"{victim_steps * len(plan.victims):,} in all; objective {preset.victim.label}"
         + (" (two views of every pair per step: about twice a clip step)" if preset.victim.objective != "clip" else ""),
     ]
+    lines += pretraining
     defense_steps = 0
     for name in defenses:
         if name == REFERENCE_DEFENSE:
@@ -202,6 +204,22 @@ def _describe_grid(plan: Plan) -> list[str]:
         defense_steps += steps * cells
         lines.append(f"defense {name}: {preset.data.clean_pairs:,} clean pairs / batch {batch} × {epochs} epochs "
                      f"≈ {steps:,} steps per cell × {cells} cells")
-    lines.append(f"estimated optimizer steps: {victim_steps * len(plan.victims) + defense_steps:,} "
-                 f"(victims {victim_steps * len(plan.victims):,}, defenses {defense_steps:,})")
+    pretraining = f"pretraining {pretrain_steps:,}, " if pretrain_steps else ""
+    lines.append(f"estimated optimizer steps: {pretrain_steps + victim_steps * len(plan.victims) + defense_steps:,} "
+                 f"({pretraining}victims {victim_steps * len(plan.victims):,}, defenses {defense_steps:,})")
     return lines
+
+
+def _victim_start(preset: Preset) -> tuple[str, list[str], int]:
+    """How the victims start (for the model line), the line describing the clean model's pretraining if the run
+    trains one, and that pretraining's optimizer steps."""
+    weights, pretrain = preset.model.pretrained, preset.pretrain
+    if preset.trains_clean_model:
+        steps = pretrain.pairs // pretrain.batch_size * pretrain.epochs
+        return (f"pretrained here on {pretrain.pairs:,} disjoint clean pairs, then finetuned on the poisoned pairs",
+                [f"pretraining: {pretrain.pairs:,} clean pairs / batch {pretrain.batch_size} × {pretrain.epochs} "
+                 f"epochs = {steps:,} steps, once per run before any victim (one clean model shared by every victim; "
+                 "skipped when the cache holds it)"], steps)
+    if weights:
+        return f"from {weights}, finetuned on the poisoned pairs", [], 0  # a scratch victim has no weights
+    return "random init, trained from scratch", [], 0

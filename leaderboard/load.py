@@ -62,13 +62,18 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
 
 
 def setting_names(table: pd.DataFrame) -> pd.Series:
-    """The setting each row belongs to: its preset, followed by the victim's objective when that is not plain
-    ``clip`` (``fmnist-tiny [clip+ssl victim]``) and by its sweep point (``fmnist-tiny
-    [defenses.cleanclip.inmodal_weight=2]``). Victims trained with different objectives, and sweep points, are
-    different settings, so everything downstream (means, ranks, comparisons) keeps them apart."""
+    """The setting each row belongs to: its preset, followed by how the victim differs from a plain CLIP-trained
+    victim from scratch, its start and its objective (``fmnist-tiny [clip+ssl victim]``, ``fmnist-tiny-pretrained
+    [pretrained victim]``, ``fmnist-tiny [pretrained clip+ssl victim]``), and by its sweep point (``fmnist-tiny
+    [defenses.cleanclip.inmodal_weight=2]``). Victims that start differently or are trained with different
+    objectives, and sweep points, are different settings, so everything downstream (means, ranks, comparisons)
+    keeps them apart, also when two runs used the same preset name; a setting's name never depends on which other
+    files are loaded with it."""
     objective = table["victim_objective"].astype(str)
-    other = ~objective.isin(["clip", ""])
-    names = table["preset"].where(~other, table["preset"] + " [" + objective + " victim]")
+    objective = objective.where(~objective.isin(["clip", ""]), "")
+    start = table["victim_init"].astype(str).map(lambda init: "pretrained" if init == "pretrained" else "")
+    victim = (start + " " + objective).str.strip()
+    names = table["preset"].where(victim == "", table["preset"] + " [" + victim + " victim]")
     points = table["sweep"].fillna("").astype(str).map(lambda text: sweep_label(json.loads(text)) if text else "")
     return names.where(points == "", names + " [" + points + "]")
 

@@ -52,7 +52,8 @@ def test_plan_always_includes_the_no_defense_reference_and_shares_victims():
 
 
 # The runner's modules, lowest first: each imports only those before it, so there is no import circle.
-RUNNER_LAYERS = ("lock", "store", "plan", "record", "stages", "cost", "execute", "executors", "grid", "__init__")
+RUNNER_LAYERS = ("lock", "store", "plan", "pretrained", "record", "stages", "cost", "execute", "executors", "grid",
+                 "__init__")
 
 
 def test_the_runner_imports_one_way_at_module_level():

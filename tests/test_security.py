@@ -57,7 +57,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_code_never_runs(for
 def test_run_refuses_a_hostile_pretrained_file_before_writing_anything(cli, tmp_path):
     path, marker = hostile_checkpoint(tmp_path, "torch-zip")
     preset = tmp_path / "preset.toml"
-    preset.write_text(TEST_PRESET.read_text().replace(f'name = "{MODEL}"', f'name = "{MODEL}"\npretrained = "{path}"'))
+    preset.write_text(TEST_PRESET.read_text().replace(f'name = "{MODEL}"', f'name = "{MODEL}"\npretrained = "{path}"')
+                      .replace("[victim]\n", '[victim]\ninit = "pretrained"\n'))  # victims start from the weights
     out = tmp_path / "out"
     code, _, err = cli("run", "--preset", preset, "--attacks", "badnet", "--defenses", "none", "--out", out,
                        "--no-plugin-autoload")

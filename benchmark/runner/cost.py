@@ -6,7 +6,8 @@ view of every pair), a cell is ``clean_pairs × epochs × passes_per_pair`` of i
 (every test image twice, forward only, counted as a third of a pass each). A training-stage defense's cell
 trains a victim of its own (``train_pairs × epochs × passes_per_pair``); a data-stage defense's scores the
 training pairs (a forward pass each) and retrains the victim on the pairs it keeps; both are counted as
-victims to train. What the output folder already
+victims to train. A preset whose victims start from a clean model trained here adds that model once per run
+(``[pretrain] pairs × epochs`` passes, before any victim, so on one worker). What the output folder already
 holds (recorded rows, cached victims and cells) is not counted. The speed is this machine's: the victims this
 folder already trained (their recorded images per second), or else a few training steps of the preset's model
 measured on the spot. Jobs spread over the workers, so the estimate divides by the workers that have a job; it
@@ -27,7 +28,7 @@ from benchmark.data.batches import Normalizer
 from benchmark.models import create_model, tokenizer_for
 from benchmark.presets import Preset
 from benchmark.results import RESULTS_FILE, ResultsFile
-from benchmark.runner.plan import Plan
+from benchmark.runner.plan import Plan, pretrained_key
 from benchmark.runner.store import ArtifactStore
 from benchmark.training import clip_loss, parameter_groups
 from defenses import DEFENSES
@@ -48,23 +49,29 @@ class GridCost:
     speed_source: str
     workers: int
     stage_victims: int = 0  # of ``victims``: trained by training- and data-stage cells
+    pretrained: int = 0  # clean models to pretrain (one per run of a preset that trains one), before the rest
+    pretrain_passes: float = 0.0  # their passes, on one worker
 
     @property
     def seconds(self) -> float:
         busy = max(1, min(self.workers, self.victims + self.cells))
-        return self.passes / max(self.images_per_second, 1e-9) / busy
+        speed = max(self.images_per_second, 1e-9)
+        return self.pretrain_passes / speed + self.passes / speed / busy
 
     def __add__(self, other: "GridCost") -> "GridCost":
         """Two plans' costs as one (a sweep's points), at this one's speed."""
         return GridCost(self.victims + other.victims, self.cells + other.cells, self.passes + other.passes,
                         self.images_per_second, self.speed_source, self.workers,
-                        self.stage_victims + other.stage_victims)
+                        self.stage_victims + other.stage_victims, self.pretrained + other.pretrained,
+                        self.pretrain_passes + other.pretrain_passes)
 
     def describe(self) -> str:
         if not self.victims and not self.cells:
             return "estimate: nothing to train; every victim and cell is already in the cache"
         stages = f" ({self.stage_victims} of them by training- and data-stage defenses)" if self.stage_victims else ""
-        return (f"estimate: {self.victims} victims to train{stages}, {self.cells} cells to run; about "
+        clean = (f"{self.pretrained} clean model{'s' * (self.pretrained != 1)} to pretrain first (once per run, "
+                 "shared by its victims), " if self.pretrained else "")
+        return (f"estimate: {clean}{self.victims} victims to train{stages}, {self.cells} cells to run; about "
                 f"{_duration(self.seconds)} on {self.workers} worker{'s' * (self.workers != 1)} at "
                 f"{self.images_per_second:.0f} training images/s each ({self.speed_source})")
 
@@ -102,10 +109,17 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
             else:
                 passes += preset.data.train_pairs * EVAL_PASS_COST
                 passes += victim_passes(preset) * (1 - cell.removal_rate)
+    pretrained, pretrain_passes = 0, 0.0
+    if preset.trains_clean_model and (victims or stage_victims):
+        key = pretrained_key(preset)
+        if key not in counted and (store is None or store.pretrained_meta(key) is None):
+            counted.add(key)
+            pretrained, pretrain_passes = 1, preset.pretrain.pairs * preset.pretrain.epochs
     speed, source = recorded_speed(store) if store is not None else (None, "")
     if speed is None:
         speed, source = measure_speed(preset, threads, device), f"measured: {MEASURED_STEPS} training steps just now"
-    return GridCost(len(victims) + stage_victims, len(cells), passes, speed, source, workers, stage_victims)
+    return GridCost(len(victims) + stage_victims, len(cells), passes, speed, source, workers, stage_victims,
+                    pretrained, pretrain_passes)
 
 
 def victim_passes(preset: Preset) -> float:

@@ -27,12 +27,13 @@ from benchmark.detection_metrics import DetectionMetrics
 from benchmark.distributed import world
 from benchmark.faults import failpoint
 from benchmark.metrics import Metrics, classifier_for, evaluate_with_predictions
-from benchmark.models import create_model, model_from_spec, tokenizer_for
+from benchmark.models import create_model, tokenizer_for
 from benchmark.poisoning import poison_split
 from benchmark.progress import Reporter
 from benchmark.results import BENIGN_ATTACK, RESULTS_FILE
 from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan, VictimSpec, attack_context
+from benchmark.runner.pretrained import initial_model
 from benchmark.runner.record import RunSummary, cell_label, cell_row, record_failed
 from benchmark.runner.stages import StageRun
 from benchmark.runner.store import ArtifactStore
@@ -135,12 +136,12 @@ class GroupRun:
         pairs = self.poisoned_pairs(spec, attack)
         time_poison = time.perf_counter() - start
 
-        model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
+        model = initial_model(preset, spec.seed, store)
         model.to(device)
         stats = train_victim(model, pairs, preset.victim, tokenizer_for(preset.model.name), spec.seed, device,
                              reporter=reporter, description=f"victim {spec.attack} s{spec.seed}")
         meta = {"attack": spec.attack, "seed": spec.seed, "poison_count": spec.poison_count,
-                "objective": preset.victim.label,
+                "objective": preset.victim.label, "init": preset.victim.init,
                 "time_poison_s": time_poison, "time_victim_s": stats.seconds, "final_loss": stats.final_loss,
                 "images_per_second": stats.images_per_second, "device": str(device), "processes": world().size}
         if world().is_main:

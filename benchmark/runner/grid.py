@@ -1,8 +1,10 @@
 """Running a plan: the output folder checked and locked, the cells already recorded as ``ok`` skipped, and the
 pending ones grouped by victim and handed to an executor (:mod:`benchmark.runner.executors`), which runs each
-group (:func:`benchmark.runner.execute.run_group`) where it belongs.
+group (:func:`benchmark.runner.execute.run_group`) where it belongs. The clean model that pretrained victims
+start from (:mod:`benchmark.runner.pretrained`) is trained here first, once, so workers only load it.
 
-Imports run one way: ``grid`` → ``executors`` → ``execute`` → ``record`` → ``plan``, ``store``, ``lock``.
+Imports run one way: ``grid`` → ``executors`` → ``execute`` → ``record``, ``pretrained`` → ``plan``, ``store``,
+``lock``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from benchmark.runner.cost import grid_cost
 from benchmark.runner.executors import Executor, InProcess, cpu_cores
 from benchmark.runner.lock import OutputLock
 from benchmark.runner.plan import Plan
+from benchmark.runner.pretrained import needs_clean_model, prepare_clean_model
 from benchmark.runner.record import RunSummary
+from benchmark.runner.store import ArtifactStore
 from benchmark.storage import check_output_folder, remove_stale_temporaries
 from benchmark.task import build_task
 
@@ -56,6 +60,9 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
             reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
         if not pending:
             return summary
+        store = ArtifactStore(out_dir / "cache")
+        if needs_clean_model(plan.preset, pending, store):  # before any worker needs it: trained once, here
+            summary.pretrained_trained += prepare_clean_model(plan.preset, task, store, device, reporter)
         groups = [(spec, [cell for cell in pending if cell.victim.key == spec.key]) for spec in plan.victims]
         summary.merge(executor.run(plan, [group for group in groups if group[1]], out_dir, device, reporter))
     return summary

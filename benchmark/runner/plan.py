@@ -1,8 +1,9 @@
 """Planning a grid: check every name and config before any expensive work, and key every artifact.
 
 ``grid = preset × (attacks + benign control) × defenses × seeds``. A victim is keyed by everything that
-determines it (data, model, victim recipe, attack name/version/config, poison count, seed); a cell adds the
-defense and the evaluation. Equal keys mean equal artifacts, so reruns reuse them.
+determines it (data, model, victim recipe, attack name/version/config, poison count, seed, and for a victim
+finetuned from a clean model trained here, that model's key); a cell adds the defense and the evaluation. Equal
+keys mean equal artifacts, so reruns reuse them.
 
 Data settings that only say how the data is read (``memory_gb``, ``workers``, ``max_bad_images``) are left out
 of the keys, and unset sources too, so a Fashion-MNIST preset keeps the keys it had before sources existed.
@@ -156,8 +157,12 @@ def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) ->
         context = AttackContext(preset.data.image_size, seed, torch.device("cpu"))
         config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
         version, count = cls.version, poison_count(poison, preset.data.train_pairs, attack)
+    # A scratch victim, and one that starts from the model's own weights (named by config_dict(preset.model)),
+    # keep the keys they had before victims could start from a clean model trained here.
+    start = ("init", "pretrained", pretrained_key(preset)) if preset.trains_clean_model else ()
     key = content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
-                      config_dict(preset.model), preset.victim.key_config(), attack, version, config, count, seed)
+                      config_dict(preset.model), preset.victim.key_config(), attack, version, config, count, seed,
+                      *start)
     return VictimSpec(attack, seed, version, settings, config, count, key)
 
 
@@ -192,6 +197,14 @@ def data_key(data: DataSpec, split: str) -> dict[str, Any]:
     if split in streamed_splits(data):
         values["streamed"] = True
     return values
+
+
+def pretrained_key(preset: Preset) -> str:
+    """The content key of the clean model that ``preset``'s victims start from when it trains one
+    (:attr:`~benchmark.presets.Preset.trains_clean_model`): the data settings (where the pretraining split lies in
+    the permutation), the captions' text settings, the model and the ``[pretrain]`` section."""
+    return content_key("pretrained", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
+                       config_dict(preset.model), config_dict(preset.pretrain))
 
 
 def clean_data_key(preset: Preset) -> str:

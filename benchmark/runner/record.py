@@ -31,6 +31,7 @@ TIMING_FIELDS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_
 class RunSummary:
     """What a run did, for the CLI's closing line and for tests of the cache."""
 
+    pretrained_trained: int = 0  # clean models pretrained victims start from (at most one per preset)
     victims_trained: int = 0
     victims_loaded: int = 0
     cells_run: int = 0
@@ -41,7 +42,7 @@ class RunSummary:
 
     def merge(self, other: RunSummary) -> None:
         """Add a worker's summary to this one."""
-        for name in ("victims_trained", "victims_loaded", "cells_run", "cells_reused", "cells_skipped",
+        for name in ("pretrained_trained", "victims_trained", "victims_loaded", "cells_run", "cells_reused", "cells_skipped",
                      "cells_failed"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.failures += other.failures
@@ -67,7 +68,8 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "defense_version": cell.defense_version, "defense_config": json.dumps(cell.defense_config, sort_keys=True),
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
         "stage": cell.stage, "removal_rate": cell.removal_rate,
-        "model": preset.model.name, "victim_objective": preset.victim.label, "victim_key": victim.key, "cleanbench_version": __version__,
+        "model": preset.model.name, "victim_objective": preset.victim.label,
+        "victim_init": preset.victim.init, "victim_key": victim.key, "cleanbench_version": __version__,
         "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **origin_columns(victim.attack, cell.defense),

@@ -2,7 +2,8 @@
 ``trained_key``.
 
 * ``training``: the defense's :meth:`~defenses.base.TrainingDefense.train` gets a model initialised exactly as
-  the victim was (same seed), the poisoned training pairs as the victim got them, and the victim's recipe.
+  the victim was (:func:`benchmark.runner.pretrained.initial_model`: the same seed, or the same pretrained
+  model), the poisoned training pairs as the victim got them, and the victim's recipe.
 * ``data``: the detector's :meth:`~defenses.base.Detector.score` gets the no-defense victim of the same attack
   and seed (the group's, already trained) and the poisoned pairs; the runner removes the highest-scored
   ``removal_rate`` of the pairs, retrains the victim from the same initialisation with its own objective and
@@ -28,7 +29,7 @@ from benchmark.detection_metrics import DetectionMetrics, detection_metrics, rem
 from benchmark.distributed import world
 from benchmark.models import model_from_spec, tokenizer_for
 from benchmark.runner.plan import CellSpec
-from benchmark.seeding import derive_seed
+from benchmark.runner.pretrained import initial_model
 from benchmark.storage import atomic_path
 from benchmark.victim_training import train_victim
 from defenses.base import DefenseContext
@@ -73,10 +74,11 @@ class StageRun:
         preset = group.plan.preset
         start = time.perf_counter()
         pairs = group.poisoned_pairs(spec, self.victim.attack)
-        model = model_from_spec(preset.model, seed=derive_seed(spec.seed, "init"))
+        model = initial_model(preset, spec.seed, group.store)
         model.to(group.device)
         meta: dict[str, Any] = {"attack": spec.attack, "seed": spec.seed, "defense": cell.defense,
-                                "stage": cell.stage, "objective": preset.victim.label, "device": str(group.device)}
+                                "stage": cell.stage, "objective": preset.victim.label, "init": preset.victim.init,
+                                "device": str(group.device)}
         if cell.stage == "training":
             torch.manual_seed(context.seed)
             model = defense.train(model, pairs, context)

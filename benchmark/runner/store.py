@@ -1,9 +1,10 @@
-"""Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta), cell metrics and
-cell predictions (:mod:`benchmark.predictions`), and what attacks derive at some cost (``attacks/<key>/``,
-written by the attack itself under its own key, e.g. BadCLIP's patch).
+"""Artifacts on disk under content-hashed keys: victims (checkpoint, poison manifest, meta), the clean model
+pretrained victims start from (``pretrained/<key>/``: checkpoint and meta, :mod:`benchmark.runner.pretrained`),
+cell metrics and cell predictions (:mod:`benchmark.predictions`), and what attacks derive at some cost
+(``attacks/<key>/``, written by the attack itself under its own key, e.g. BadCLIP's patch).
 
-A victim is complete only once its ``meta.json`` exists, and the meta records the checkpoint's SHA-256, checked
-on every load, so a checkpoint cut short by a crash is never used.
+A victim (or pretrained model) is complete only once its ``meta.json`` exists, and the meta records the
+checkpoint's SHA-256, checked on every load, so a checkpoint cut short by a crash is never used.
 """
 
 from __future__ import annotations
@@ -35,20 +36,24 @@ class ArtifactStore:
     def cell_dir(self, key: str) -> Path:
         return self.root / "cells" / _folder_name(key)
 
+    def pretrained_dir(self, key: str) -> Path:
+        """The clean pretrained model ``key`` (``model.safetensors`` and ``meta.json``), shared by a run's victims."""
+        return self.root / "pretrained" / _folder_name(key)
+
     def victim_meta(self, key: str) -> dict[str, Any] | None:
         """The victim's meta if the victim is complete and its checkpoint intact, else None (retrain)."""
-        meta_path = self.victim_dir(key) / "meta.json"
-        checkpoint = self.victim_dir(key) / "model.safetensors"
-        if not meta_path.exists() or not checkpoint.exists():
-            return None
-        meta = _read_json(meta_path)
-        if meta is None or sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
-            return None
-        return meta
+        return _complete_meta(self.victim_dir(key))
 
     def save_victim_meta(self, key: str, meta: dict[str, Any]) -> None:
-        meta = dict(meta, checkpoint_sha256=sha256_file(self.victim_dir(key) / "model.safetensors"))
-        write_json_atomic(self.victim_dir(key) / "meta.json", meta)
+        _save_meta(self.victim_dir(key), meta)
+
+    def pretrained_meta(self, key: str) -> dict[str, Any] | None:
+        """The pretrained model's meta if it is complete and its checkpoint intact, else None (train it)."""
+        return _complete_meta(self.pretrained_dir(key))
+
+    def save_pretrained_meta(self, key: str, meta: dict[str, Any]) -> None:
+        """Written last, after the checkpoint: the model counts as there only from now on."""
+        _save_meta(self.pretrained_dir(key), meta)
 
     def manifest(self, key: str) -> dict[str, Any] | None:
         """The poison manifest saved with the victim ``key`` (None for the benign control, or not saved yet)."""
@@ -73,6 +78,21 @@ class ArtifactStore:
         path = self.cell_dir(key) / "error.txt"
         write_text_atomic(path, text)
         return path
+
+
+def _complete_meta(folder: Path) -> dict[str, Any] | None:
+    """``folder/meta.json`` if it exists and records the SHA-256 of ``folder/model.safetensors``, else None."""
+    meta_path, checkpoint = folder / "meta.json", folder / "model.safetensors"
+    if not meta_path.exists() or not checkpoint.exists():
+        return None
+    meta = _read_json(meta_path)
+    if meta is None or sha256_file(checkpoint) != meta.get("checkpoint_sha256"):
+        return None
+    return meta
+
+
+def _save_meta(folder: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(folder / "meta.json", dict(meta, checkpoint_sha256=sha256_file(folder / "model.safetensors")))
 
 
 def _folder_name(key: str) -> str:
