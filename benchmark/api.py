@@ -76,7 +76,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from benchmark.runner.record import RunSummary
     from benchmark.storage import check_output_folder
     from benchmark.sweeps import axes_of, sweep_points
-    from benchmark.task import build_task
+    from benchmark.task import build_task, pretrain_pair_count
     from defenses import DEFENSES
 
     for failure in load_plugins(plugins, no_plugin_autoload):
@@ -92,7 +92,9 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     torch_device = resolve_device(device)
     set_runtime(Runtime(precision, compile_model))  # type: ignore[arg-type]  # checked by Runtime
     check_output_folder(Path(out))  # a folder that cannot be written is reported before anything runs
-    for data in {json.dumps(config_dict(plan.preset.data), sort_keys=True): plan.preset for plan in plans}.values():
+    splits = {json.dumps([config_dict(plan.preset.data), pretrain_pair_count(plan.preset)], sort_keys=True):
+              plan.preset for plan in plans}
+    for data in splits.values():
         build_task(data)  # find and split the data now: a missing dataset is reported before anything runs
     if before_run is not None:
         before_run()

@@ -235,8 +235,8 @@ def check_initialisation(victim: VictimRecipe, model: ModelSpec, pretrain: Pretr
                         "model.pretrained (an open_clip tag such as \"openai\", or a weights file)"
                         + (f"; pretrain.pairs = {pretrain.pairs} needs the built-in dataset" if pretrain.pairs else ""))
     if weights and pretrain.pairs:
-        raise UserError(f"victim.init = \"pretrained\" starts from model.pretrained = {weights!r} or from a clean model "
-                        f"trained on pretrain.pairs = {pretrain.pairs} pairs, not both: remove one")
+        raise UserError(f"victim.init = \"pretrained\" starts from model.pretrained = {weights!r} or from a clean "
+                        f"model trained on pretrain.pairs = {pretrain.pairs} pairs, not both: remove one")
     if not weights and not pretrain.pairs:
         raise UserError("victim.init = \"pretrained\" needs a model to start from: set pretrain.pairs (a clean CLIP "
                         "trained here on that many disjoint pairs) or model.pretrained (weights)")

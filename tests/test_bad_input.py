@@ -50,8 +50,8 @@ CASES = [
     Case("unknown-attack", "Unknown attack 'blend'. Did you mean: blended? Available: {attacks}.", ("--attacks", "blend")),
     Case("unknown-defense", "Unknown defense 'cleenclip'. Did you mean: cleanclip, safeclip, roclip? Available: {defenses}.",
          ("--defenses", "cleenclip")),
-    Case("unknown-preset", "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl? Available: {presets} "
-         "(or a path to a .toml file).", ("--preset", "fmnist-tiney")),
+    Case("unknown-preset", "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl, "
+         "fmnist-tiny-pretrained? Available: {presets} (or a path to a .toml file).", ("--preset", "fmnist-tiney")),
     Case("missing-preset-file", "preset file {root}/nope.toml does not exist", ("--preset", "{root}/nope.toml")),
     Case("unknown-model", "Unknown model 'cleanbench-vit-tinny'. Did you mean: cleanbench-vit-tiny? Run "
          "`python -c 'import open_clip; print(open_clip.list_models())'` for all.",

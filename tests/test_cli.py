@@ -44,7 +44,8 @@ def test_run_tiny_grid_writes_one_row_per_cell(cli, test_preset, tmp_path):
     [
         (["--attacks", "blend"], "Unknown attack 'blend'. Did you mean: "),
         (["--defenses", "cleenclip"], "Unknown defense 'cleenclip'."),
-        (["--preset", "fmnist-tiney"], "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl?"),
+        (["--preset", "fmnist-tiney"], "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl, "
+                                       "fmnist-tiny-pretrained?"),
         (["--poison-count", "100000"], "poison_count = 100000 is larger than the 512 training pairs"),
         (["--poison-rate", "1.5"], "poison_rate = 1.5 is out of range; allowed: (0, 1]"),
         (["--seeds", "a,b"], "--seeds 'a,b': give comma-separated integers"),

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import benchmark.task as task_module
+from benchmark.api import run_grid
 from benchmark.checkpoints import read_state_dict
 from benchmark.config import config_dict
 from benchmark.data.fashion_mnist import Split
@@ -171,6 +172,18 @@ def test_a_run_trains_the_clean_model_once_and_every_victim_starts_from_it(tmp_p
     assert (rebuilt.pretrained_trained, rebuilt.victims_trained, rebuilt.cells_reused) == (0, 0, 6) and not starts
 
 
+@pytest.mark.slow
+def test_parallel_workers_only_load_the_clean_model_the_coordinator_trained(tmp_path):
+    """Two spawned workers: the coordinator trains the clean model before dispatching, the workers read it."""
+    out = tmp_path / "out"
+    grid = run_grid(["badnet"], ["none", "finetune"], [0], preset=str(_preset_file(tmp_path, PRETRAINED)), out=out,
+                    device="cpu", workers=2, no_plugin_autoload=True)
+    summary = grid.summary
+    assert (summary.pretrained_trained, summary.victims_trained, summary.cells_failed) == (1, 2, 0), summary.failures
+    assert len(list((out / "cache" / "pretrained").iterdir())) == 1
+    assert set(pd.read_csv(grid.results)["victim_init"]) == {"pretrained"}
+
+
 def test_validate_and_the_estimate_show_the_pretraining_once_per_run(tmp_path, monkeypatch):
     import benchmark.runner.cost as cost
 
@@ -240,7 +253,8 @@ def test_the_shipped_pretrained_preset_is_fmnist_tiny_with_a_clean_model_and_a_f
 def test_the_leaderboard_keeps_pretrained_victims_apart_and_older_files_read_as_scratch(tmp_path):
     rows = [make_row(attack, "none", 0, 0.8, None if attack == "none" else 0.9, preset="p", victim_objective=objective,
                      victim_init=init, cell_id=f"{attack}-{objective}-{init}")
-            for attack in ("none", "badnet") for objective in ("clip", "clip+ssl") for init in ("scratch", "pretrained")]
+            for attack in ("none", "badnet") for objective in ("clip", "clip+ssl")
+            for init in ("scratch", "pretrained")]
     names = set(load_results([write_results(tmp_path / "new" / RESULTS_FILE, rows)])["preset"])
     assert names == {"p", "p [clip+ssl victim]", "p [pretrained victim]", "p [pretrained clip+ssl victim]"}
     # A version-5 file written before the column existed (version 5 is not released yet): read as scratch.
