@@ -8,7 +8,7 @@ import sys
 from attacks import ATTACKS
 from benchmark import __version__, plugins
 from benchmark.provenance import origin_of, source_hash
-from benchmark.results import COLUMNS, PROVENANCE_COLUMNS, UPGRADABLE, ResultsFile
+from benchmark.results import COLUMNS, PROVENANCE_COLUMNS, SCHEMA_VERSION, UPGRADABLE, ResultsFile
 from benchmark.runner.record import origin_columns
 from defenses import DEFENSES
 from tests.results_rows import known_rows, write_results
@@ -97,4 +97,4 @@ def test_files_of_schema_3_read_with_empty_provenance(tmp_path):
     rows = [{**row, "schema_version": "3"} for row in known_rows()]
     path = write_results(tmp_path / "results.csv", rows, columns=old)
     row = next(iter(ResultsFile(path).rows.values()))
-    assert row["defense_source_sha256"] == "" and row["torch_threads"] == "" and row["schema_version"] == "4"
+    assert row["defense_source_sha256"] == "" and row["torch_threads"] == "" and row["schema_version"] == str(SCHEMA_VERSION)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from benchmark.results import SCHEMA_VERSION
 import torch
 import torch.nn.functional as F
 
@@ -123,7 +125,7 @@ def test_victims_of_different_objectives_are_run_recorded_and_ranked_apart(tmp_p
                         workers=1, no_plugin_autoload=True)
         assert grid.summary.cells_failed == 0
         rows = pd.read_csv(grid.results)
-        assert set(rows["victim_objective"]) == {objective} and set(rows["schema_version"]) == {4}
+        assert set(rows["victim_objective"]) == {objective} and set(rows["schema_version"]) == {SCHEMA_VERSION}
     table = load_results([folders["clip"], folders["clip+ssl"]])
     assert sorted(table["preset"].unique()) == ["fmnist-test", "fmnist-test [clip+ssl victim]"]
     assert len(table) == 4  # same preset name, attacks and seeds: no clash, because the settings differ

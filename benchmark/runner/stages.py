@@ -17,7 +17,7 @@ reuses them and does not train again. The defense's time is everything it cost: 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -34,16 +34,15 @@ from benchmark.storage import atomic_path
 from benchmark.victim_training import train_victim
 from defenses.base import DefenseContext
 
-if TYPE_CHECKING:  # execute imports this module; the reverse import is for type hints only
-    from benchmark.runner.execute import GroupRun, _Victim
-
 SCORES_FILE = "scores.safetensors"
 
 
 class StageRun:
     """One training- or data-stage cell's model: from the cache, or trained and saved."""
 
-    def __init__(self, group: "GroupRun", cell: CellSpec, victim: "_Victim") -> None:
+    def __init__(self, group: Any, cell: CellSpec, victim: Any) -> None:
+        """``group``: the :class:`~benchmark.runner.execute.GroupRun` running the cell (a layer above, so not
+        imported here); ``victim``: its no-defense victim (state, meta, attack)."""
         self.group, self.cell, self.victim = group, cell, victim
         self.folder = group.store.victim_dir(cell.trained_key)
 
