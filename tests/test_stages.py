@@ -206,21 +206,21 @@ def test_stage_cells_keep_post_training_keys_unchanged(stage_defenses):
     assert {c.key for c in other.cells if c.stage == "post-training"} == {c.key for c in post}
 
 
-STAGE_PLUGIN = Path(__file__)
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _cli(out: Path) -> list[str]:
     return [sys.executable, "-m", "benchmark.cli", "run", "--preset", str(TEST_PRESET), "--attacks", "badnet",
             "--defenses", "none,test-plain-training", "--seeds", "0,1", "--workers", "1", "--out", str(out),
-            "--plugin", f"{STAGE_PLUGIN}:PlainTraining"]
+            "--plugin", "tests.test_stages:PlainTraining"]
 
 
 @pytest.mark.slow
 def test_sigkill_during_a_training_stage_then_rerun_equals_an_uninterrupted_run(tmp_path):
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     env = dict(os.environ, CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD="1")
-    subprocess.run(_cli(reference), check=True, env=env, capture_output=True)
-    process = subprocess.Popen(_cli(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(_cli(reference), check=True, env=env, capture_output=True, cwd=REPO)
+    process = subprocess.Popen(_cli(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     deadline = time.time() + 300
     while time.time() < deadline:  # kill once a training-stage cell is recorded and more remain
         rows = pd.read_csv(resumed / "results.csv") if (resumed / "results.csv").exists() else pd.DataFrame()
@@ -230,7 +230,7 @@ def test_sigkill_during_a_training_stage_then_rerun_equals_an_uninterrupted_run(
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert len(pd.read_csv(resumed / "results.csv")) < 8
-    subprocess.run(_cli(resumed), check=True, env=env, capture_output=True)
+    subprocess.run(_cli(resumed), check=True, env=env, capture_output=True, cwd=REPO)
     a = pd.read_csv(reference / "results.csv").sort_values("cell_id").reset_index(drop=True)
     b = pd.read_csv(resumed / "results.csv").sort_values("cell_id").reset_index(drop=True)
     assert len(b) == 8 and b.cell_id.is_unique and (b.status == "ok").all()
