@@ -28,7 +28,6 @@ from benchmark.config import build_config
 from benchmark.data.loader import Pairs
 from benchmark.data.pairs import EvalSet
 from benchmark.progress import Reporter
-from benchmark.results import DEFENSE_STAGES  # noqa: F401  (the stages, named once with the results schema)
 from benchmark.training_recipe import TrainRecipe
 
 

@@ -189,10 +189,7 @@ class RoCLIP(TrainingDefense):
     name = "roclip"
     version = "1"
     Config = RoCLIPConfig
-
-    def passes_per_pair(self) -> float:
-        """One view per pair, as a CLIP step (the pool lookup is a B × pool similarity, small next to a step)."""
-        return 1.0
+    # passes_per_pair: TrainingDefense's 1.0 (one view per pair; the pool lookup is small next to a step)
 
     def train(self, model: nn.Module, train_data: Pairs, context: DefenseContext) -> nn.Module:
         config, recipe = self.config, context.recipe

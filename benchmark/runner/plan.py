@@ -30,12 +30,12 @@ from benchmark.data.resolve import resolve_preset
 from benchmark.data.source_splits import streamed_splits
 from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
-from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
+from benchmark.results import BENIGN_ATTACK, DEFENSE_STAGES, REFERENCE_DEFENSE
 from benchmark.storage import content_key
 from benchmark.task import Task
 from defenses import DEFENSES
 from benchmark.training_recipe import TrainRecipe
-from defenses.base import DEFENSE_STAGES, effective_recipe
+from defenses.base import effective_recipe
 
 # Bump when a change to the engine (training loop, evaluation) makes old artifacts stale.
 ENGINE_VERSION = "1"
@@ -70,7 +70,7 @@ class CellSpec:
     # runner hands this very object to the defense (``DefenseContext.recipe``) and records it in the row.
     train_recipe: TrainRecipe
     tuning: str | None = None  # how the recipe was chosen; None: the defense does not train with it
-    stage: str = "post-training"  # the defense's stage (:data:`defenses.base.DEFENSE_STAGES`)
+    stage: str = "post-training"  # the defense's stage (:data:`benchmark.results.DEFENSE_STAGES`)
     removal_rate: float | None = None  # data stage: the share of training pairs removed before retraining
     # training and data stages: the cache key of the victim the defense trains (or the runner retrains)
     trained_key: str | None = None
