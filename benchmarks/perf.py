@@ -23,7 +23,6 @@ Absolute figures come with the machine they were measured on. Exits 1 when a mea
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re

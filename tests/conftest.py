@@ -22,6 +22,19 @@ def test_preset() -> Path:
 
 
 @pytest.fixture
+def one_thread():
+    """Torch on one thread in this process, as in a pool worker or a process run with ``OMP_NUM_THREADS=1``:
+    bitwise equality holds for one thread count (a parallel reduction may add in another order), and one thread is
+    also the fastest for the tiny model on a shared machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def cli():
     """Invoke the cleanbench CLI in-process; returns (exit_code, stdout, stderr)."""
     from typer.testing import CliRunner

@@ -77,6 +77,21 @@ def learnable_batches(model: torch.nn.Module):
                        torch.Generator().manual_seed(7), torch.device("cpu"))
 
 
+# Smaller than the test preset: 4 victim steps and 2 finetuning steps per victim, 50 test images. For runs in a
+# process of their own (kill-and-resume tests), where a preset file is what travels.
+SMALL_SIZES = {"train_pairs": 128, "clean_pairs": 64, "val_pairs": 32, "test_images": 50, "batch_size": 32}
+
+
+def write_small_preset(path: Path, name: str = "fmnist-small", extra: str = "") -> Path:
+    """The test preset at :data:`SMALL_SIZES`, named ``name``, with ``extra`` TOML appended, written to ``path``."""
+    text = TEST_PRESET.read_text().replace('name = "fmnist-test"', f'name = "{name}"')
+    for key, value in SMALL_SIZES.items():
+        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
+        assert count >= 1, key
+    path.write_text(text + extra)
+    return path
+
+
 def small_plan():
     """Two cells on two victims (the benign control and badnet, each with no defense): two groups, two jobs.
     The test preset is shrunk further (the plan travels to the workers whole), to keep each job to seconds."""

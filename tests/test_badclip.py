@@ -12,7 +12,7 @@ import torch
 from attacks.badclip import PATCH_FILE, BadClip, BadClipConfig, badclip_loss, optimise_patch
 from attacks.base import AttackContext
 from benchmark.errors import UserError
-from tests.helpers import MODEL, SIZE, SURROGATE_SETTINGS, TARGET, make_attack, make_pairs, surrogate_context
+from tests.helpers import SIZE, SURROGATE_SETTINGS, TARGET, make_attack, make_pairs, surrogate_context
 
 QUICK = SURROGATE_SETTINGS["badclip"]
 

@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import random
-import re
 import shutil
 import signal
 import socket
@@ -42,7 +41,7 @@ from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.store import ArtifactStore
 from benchmark.training import clip_loss, train
 from defenses import DEFENSES
-from tests.helpers import TEST_PRESET, RunsCode
+from tests.helpers import RunsCode, write_small_preset
 
 CPU = torch.device("cpu")
 GRID = (["badnet"], ["none", "finetune"], [0])  # 2 victims (badnet + benign control) × 2 defenses = 4 cells
@@ -59,18 +58,12 @@ attacks, defenses, seeds = {grid!r}
 summary = run_plan(plan_grid(load_preset(sys.argv[1]), attacks, defenses, seeds), sys.argv[2], torch.device("cpu"))
 sys.exit(1 if summary.cells_failed else 0)
 """.format(grid=GRID)
-# Smaller than the test preset: 4 victim steps and 2 finetuning steps per victim, 50 test images.
-SIZES = {"train_pairs": 128, "clean_pairs": 64, "val_pairs": 32, "test_images": 50, "batch_size": 32}
 
 
 def write_fault_preset(path: Path) -> Path:
-    text = TEST_PRESET.read_text().replace('name = "fmnist-test"', 'name = "fmnist-fault"')
-    for key, value in SIZES.items():
-        text, count = re.subn(rf"(?m)^{key} = \d+", f"{key} = {value}", text)
-        assert count >= 1, key
-    path.write_text(text + "".join(f"\n[attacks.{name}]\npoison_rate = 0.05\n"
-                                   for name in ("exploding-trigger", "raising-trigger")))
-    return path
+    """The small preset, with settings for this module's broken attack plugins."""
+    return write_small_preset(path, "fmnist-fault", "".join(f"\n[attacks.{name}]\npoison_rate = 0.05\n"
+                                                         for name in ("exploding-trigger", "raising-trigger")))
 
 
 def run_driver(preset: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
@@ -80,15 +73,7 @@ def run_driver(preset: Path, out: Path, **env: str) -> subprocess.CompletedProce
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Every run here, in this process or another, on one thread: bitwise equality holds for one thread count
-    (a parallel reduction may add in another order), and one thread is also the fastest for this tiny model on
-    a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise equality holds for one thread count
 
 
 @dataclass

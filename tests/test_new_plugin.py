@@ -15,7 +15,7 @@ import pytest
 from attacks import ATTACKS
 from benchmark.conformance import check
 from defenses import DEFENSES
-from tests.helpers import INTERNAL, TEST_PRESET, imported_packages, readme_walkthrough
+from tests.helpers import INTERNAL, imported_packages, readme_walkthrough, write_small_preset
 
 FILES = {"pyproject.toml", "README.md", "{module}/__init__.py", "tests/test_{module}.py"}
 
@@ -96,8 +96,9 @@ def test_the_new_package_installs_and_passes_its_own_test_and_check(tmp_path):
     assert listed.returncode == 0 and "my-defense" in listed.stdout
 
     # The rest of the README's walkthrough as written, at test size: run, submit, verify, leaderboard
-    test_size = {"run": ["--preset", str(TEST_PRESET), "--seeds", "0", "--device", "cpu", "--workers", "1"],
-                 "submit": ["--preset", str(TEST_PRESET)], "verify": ["--device", "cpu"]}
+    preset = str(write_small_preset(tmp_path / "small.toml"))
+    test_size = {"run": ["--preset", preset, "--seeds", "0", "--device", "cpu", "--workers", "1"],
+                 "submit": ["--preset", preset], "verify": ["--device", "cpu"]}
     for command in readme_walkthrough()[3:]:
         args = command.split()[1:]
         done = run("-m", "benchmark.cli", *args, *test_size.get(args[0], []))

@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +22,8 @@ from benchmark.data.batches import Normalizer, pair_batches
 from benchmark.data.pairs import to_float
 from benchmark.detection_metrics import removed_indices
 from benchmark.errors import UserError
+from benchmark.faults import ENV as FAILPOINT
+from benchmark.faults import TRACE_ENV as FAILPOINT_TRACE
 from benchmark.presets import DetectionSpec, load_preset
 from benchmark.results import DETECTION_COLUMNS, METRIC_COLUMNS
 from benchmark.runner import plan_grid, run_plan
@@ -30,7 +31,7 @@ from benchmark.runner.stages import SCORES_FILE
 from benchmark.training import train
 from defenses import DEFENSES
 from defenses.base import DefenseContext, Detector, TrainingDefense
-from tests.helpers import TEST_PRESET
+from tests.helpers import TEST_PRESET, write_small_preset
 
 CPU = torch.device("cpu")
 
@@ -207,30 +208,36 @@ def test_stage_cells_keep_post_training_keys_unchanged(stage_defenses):
 
 
 REPO = Path(__file__).resolve().parent.parent
+# The last victim-recipe step of the grid below is a training-stage cell's, whatever the order: each victim (4 of 4
+# steps at the small preset's sizes) trains before its own training-stage cell (4 more): 32 steps in all.
+KILL_AT = "train-step:30"
 
 
-def _cli(out: Path) -> list[str]:
-    return [sys.executable, "-m", "benchmark.cli", "run", "--preset", str(TEST_PRESET), "--attacks", "badnet",
+def _cli(preset: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmark.cli", "run", "--preset", str(preset), "--attacks", "badnet",
             "--defenses", "none,test-plain-training", "--seeds", "0,1", "--workers", "1", "--out", str(out),
             "--plugin", "tests.test_stages:PlainTraining"]
 
 
 @pytest.mark.slow
-def test_sigkill_during_a_training_stage_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_during_a_training_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, stage_defenses,
+                                                                                 one_thread):
+    """``cleanbench run`` killed inside a training-stage cell, then resumed (in this process, one thread as the
+    killed run): its rows equal an uninterrupted run's."""
+    preset = write_small_preset(tmp_path / "small.toml")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    env = dict(os.environ, CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD="1")
-    subprocess.run(_cli(reference), check=True, env=env, capture_output=True, cwd=REPO)
-    process = subprocess.Popen(_cli(resumed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill once a training-stage cell is recorded and more remain
-        rows = pd.read_csv(resumed / "results.csv") if (resumed / "results.csv").exists() else pd.DataFrame()
-        if len(rows) and (rows.stage == "training").any():
-            break
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert len(pd.read_csv(resumed / "results.csv")) < 8
-    subprocess.run(_cli(resumed), check=True, env=env, capture_output=True, cwd=REPO)
+
+    def run(out: Path) -> None:
+        run_plan(plan_grid(load_preset(str(preset)), ["badnet"], ["none", "test-plain-training"], [0, 1]), out, CPU)
+
+    run(reference)
+    env = {key: value for key, value in os.environ.items() if key not in (FAILPOINT, FAILPOINT_TRACE)}
+    env.update(CLEANBENCH_DISABLE_PLUGIN_AUTOLOAD="1", OMP_NUM_THREADS="1", **{FAILPOINT: KILL_AT})
+    killed = subprocess.run(_cli(preset, resumed), env=env, capture_output=True, cwd=REPO)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    rows = pd.read_csv(resumed / "results.csv")
+    assert (rows.stage == "training").any() and len(rows) < 8  # killed inside a later training-stage cell
+    run(resumed)
     a = pd.read_csv(reference / "results.csv").sort_values("cell_id").reset_index(drop=True)
     b = pd.read_csv(resumed / "results.csv").sort_values("cell_id").reset_index(drop=True)
     assert len(b) == 8 and b.cell_id.is_unique and (b.status == "ok").all()

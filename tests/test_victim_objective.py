@@ -4,7 +4,6 @@ extend another preset."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pandas as pd
 import pytest
