@@ -33,4 +33,4 @@ run-all: setup
 	$(VENV)/bin/cleanbench run --attacks all --defenses all --seeds 0 --out results
 
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadfile  # one worker per core, each test file on one worker

@@ -11,6 +11,10 @@ import pytest
 # Tests never reach a model or dataset hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Under pytest-xdist (``make test`` runs one worker per core) each worker, and every process it starts, computes on
+# one thread: two workers of two threads each on two cores run the tiny model several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture
