@@ -2,13 +2,14 @@
 t-interval, and the ASR of every seed beside it, as Markdown.
 
     cleanbench leaderboard RUN... --out LB
-    python benchmarks/study_table.py LB RUN...
+    python benchmarks/study_table.py LB RUN... [--defenses none,finetune,cleanclip]
 
 Attacks come in the order: benign control, the paper's four, then the rest alphabetically; defenses: the
 built-ins, then plugins. A column for the setting appears when the runs hold more than one (e.g. a preset and
-its ``[clip+ssl victim]`` variant).
+its ``[clip+ssl victim]`` variant). ``--defenses`` keeps only those defenses (a study that shares its folder with
+a larger one).
 """
-import sys
+import argparse
 
 import pandas as pd
 
@@ -27,8 +28,10 @@ def interval(mean, low, high) -> str:
     return f"{number(mean)} [{number(low)}, {number(high)}]" if pd.notna(low) else number(mean)
 
 
-def main(folder: str, runs: list[str]) -> None:
+def main(folder: str, runs: list[str], defenses: list[str] | None = None) -> None:
     lb = pd.read_csv(f"{folder}/leaderboard.csv")
+    if defenses:
+        lb = lb[lb.defense.isin(defenses)]
     rows = load_results(runs)
     settings = sorted(lb.preset.unique())
     several = len(settings) > 1
@@ -52,4 +55,9 @@ def main(folder: str, runs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("leaderboard", help="the folder `cleanbench leaderboard --out` wrote")
+    parser.add_argument("runs", nargs="+", help="the run folders the leaderboard was made from")
+    parser.add_argument("--defenses", help="comma-separated: keep only these defenses")
+    args = parser.parse_args()
+    main(args.leaderboard, args.runs, args.defenses.split(",") if args.defenses else None)
