@@ -44,6 +44,7 @@ from defenses import DEFENSES
 from tests.helpers import RunsCode, write_small_preset
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise equality holds for one thread count
 GRID = (["badnet"], ["none", "finetune"], [0])  # 2 victims (badnet + benign control) × 2 defenses = 4 cells
 KILLS = int(os.environ.get("CLEANBENCH_FAULT_KILLS", "10"))
 SEED = int(os.environ.get("CLEANBENCH_FAULT_SEED", "0"))
@@ -71,9 +72,6 @@ def run_driver(preset: Path, out: Path, **env: str) -> subprocess.CompletedProce
     environment.update(env, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-c", DRIVER, str(preset), str(out)], env=environment,
                           capture_output=True, text=True, timeout=600)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # bitwise equality holds for one thread count
 
 
 @dataclass
