@@ -53,6 +53,7 @@ class BadNet(Attack):
     per-image random stripes."""
 
     name = "badnet"
+    uses_clean_pairs = False
     version = "1"
     Config = BadNetConfig
 

@@ -81,6 +81,10 @@ class Attack(ABC):
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = object
     dirty_label: ClassVar[bool] = True
+    # Whether poisoning reads ``context.clean_pairs`` (a surrogate trained on them, a patch optimised on them): the
+    # victim's cache key then records the clean split's size. False lets a ``data.clean_pairs`` sweep share the
+    # attack's victims; the conformance check ``clean-pairs-declared`` verifies it.
+    uses_clean_pairs: ClassVar[bool] = True
 
     def __init__(self, config: Any = None, *, context: AttackContext) -> None:
         self.config = config if config is not None else self.Config()

@@ -67,6 +67,7 @@ class Blended(Attack):
     or one of PAR's structured triggers."""
 
     name = "blended"
+    uses_clean_pairs = False
     version = "1"
     Config = BlendedConfig
 

@@ -57,6 +57,7 @@ class Sig(Attack):
     """A sinusoidal signal added to target-class images that keep their captions (clean-label)."""
 
     name = "sig"
+    uses_clean_pairs = False
     version = "1"
     Config = SigConfig
     dirty_label = False

@@ -69,6 +69,7 @@ class WaNet(Attack):
     """A fixed warping field: per-pixel jitter (CleanCLIP) or a smooth k×k-controlled warp (original WaNet)."""
 
     name = "wanet"
+    uses_clean_pairs = False
     version = "1"
     Config = WaNetConfig
 

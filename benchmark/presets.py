@@ -169,7 +169,8 @@ class PretrainSpec(TrainRecipe):
     this recipe (the TrainRecipe fields), from a random initialisation and batch order drawn from ``seed``.
 
     The model does not depend on the run's seeds: every victim of the run is finetuned from the same one. Only the
-    built-in dataset has a pretraining split (taken after the other splits, so they stay as they are); a preset with
+    built-in dataset has a pretraining split (the end of the permutation: the other splits stay as they are and their
+sizes do not move it, :data:`benchmark.task.PRETRAIN_SPLIT`); a preset with
     data sources starts its pretrained victims from ``[model] pretrained``. ``pairs = 0``: no pretraining split.
     """
 

@@ -30,6 +30,7 @@ ATTACK = textwrap.dedent('''
         """A corner patch, broken as the test needs."""
         name = "{name}"
         Config = Config
+        uses_clean_pairs = {uses_clean_pairs}
 
         def apply(self, images, generator):
             {body}
@@ -37,9 +38,10 @@ ATTACK = textwrap.dedent('''
 GOOD_APPLY = "out = images.clone(); out[..., -3:, -3:] = self.config.value; return out"
 
 
-def attack_plugin(tmp_path, name: str, body: str = GOOD_APPLY, decorator: str = "(frozen=True)"):
+def attack_plugin(tmp_path, name: str, body: str = GOOD_APPLY, decorator: str = "(frozen=True)",
+                  uses_clean_pairs: bool = True):
     path = tmp_path / f"{name.replace('-', '_')}.py"
-    path.write_text(ATTACK.format(name=name, body=body, decorator=decorator))
+    path.write_text(ATTACK.format(name=name, body=body, decorator=decorator, uses_clean_pairs=uses_clean_pairs))
     return path
 
 
@@ -74,7 +76,7 @@ def test_a_conforming_attack_passes_every_check(tmp_path, unregister):
      "apply changed 432 values of its input images in place: write into a copy (images.clone())"),
     ("raises", "raise RuntimeError('trigger not ready')", "(frozen=True)",
      {"apply-keeps-shape-dtype-range", "leaves-input-untouched", "poison-returns-pairs-and-manifest",
-      "deterministic"}, "raised RuntimeError: trigger not ready (at raises.py:16)"),
+      "deterministic"}, "raised RuntimeError: trigger not ready (at raises.py:17)"),
     ("leaves-the-range", "return images * 2", "(frozen=True)", {"apply-keeps-shape-dtype-range"}, None),
 ])
 def test_a_broken_attack_fails_the_check_it_breaks_with_its_reason(tmp_path, unregister, case, body, decorator,
@@ -84,6 +86,26 @@ def test_a_broken_attack_fails_the_check_it_breaks_with_its_reason(tmp_path, unr
     assert set(found) == failed
     if reason is not None:
         assert found[sorted(failed)[0]] == reason
+
+
+# Brightness from the clean pairs' mean pixel: its victims depend on the clean split.
+READS_CLEAN_PAIRS = ("out = images.clone(); out[..., -3:, -3:] = self.context.clean_pairs.images[:8].float().mean() "
+                     "/ 255; return out")
+
+
+@pytest.mark.parametrize("uses_clean_pairs, body, reason", [
+    (True, READS_CLEAN_PAIRS, None),
+    (False, GOOD_APPLY, None),
+    (False, READS_CLEAN_PAIRS, "poisoning failed without context.clean_pairs (AttributeError: 'NoneType' object "
+                               "has no attribute 'images'); it declares uses_clean_pairs = False, so its victims are "
+                               "shared across clean-split sizes: set uses_clean_pairs = True"),
+])
+def test_an_attack_that_says_it_does_not_read_the_clean_pairs_is_checked_without_them(tmp_path, unregister,
+                                                                                     uses_clean_pairs, body, reason):
+    name = f"clean-reader-{uses_clean_pairs}-{len(body)}".lower()
+    unregister(name)
+    found = failures(check(str(attack_plugin(tmp_path, name, body, uses_clean_pairs=uses_clean_pairs))))
+    assert found == ({} if reason is None else {"clean-pairs-declared": reason})
 
 
 DEFENSE = textwrap.dedent('''
@@ -169,7 +191,7 @@ def test_the_toml_of_a_config_is_what_a_preset_would_hold():
 def test_cli_check_prints_one_line_per_check_and_exits_0_or_1(cli, tmp_path, unregister):
     code, out, err = cli("check", "badnet", "--no-plugin-autoload")
     assert code == 0 and out.splitlines()[0] == "PASS badnet/metadata" and all(
-        line.startswith("PASS badnet/") for line in out.splitlines()) and "7 passed, 0 failed" in err
+        line.startswith("PASS badnet/") for line in out.splitlines()) and "8 passed, 0 failed" in err
     unregister("changes-its-input")
     plugin = attack_plugin(tmp_path, "changes-its-input", "images.mul_(0.5); return images")
     code, out, _ = cli("check", plugin, "--no-plugin-autoload")

@@ -20,7 +20,8 @@ from benchmark.presets import DataSpec, PretrainSpec, SourceSpec, load_preset
 from benchmark.results import COLUMNS, RESULTS_FILE, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.cost import grid_cost
-from benchmark.runner.plan import ENGINE_VERSION, data_key, pretrained_key
+from benchmark.data.source_splits import streamed_splits
+from benchmark.runner.plan import ENGINE_VERSION, LATER_SPLIT_DEFAULTS, READ_ONLY_DATA_FIELDS, pretrained_key
 from benchmark.storage import content_key
 from benchmark.training_recipe import TrainRecipe, VictimRecipe
 from benchmark.validate import validate
@@ -44,9 +45,14 @@ PRETRAINED = ('[data]\ntrain_pairs = 64\ntest_images = 50\n'
 
 
 def _old_victim_key(preset, spec) -> str:
-    """A victim key as the runner computed it before victims could start pretrained (plan.py at commit ed0b8c5)."""
+    """A victim key as the runner computed it before victims could start pretrained (plan.py at commit ed0b8c5),
+    with its data key as it was before the later splits' sizes were held at their defaults (at b7ac67c)."""
     recipe = TrainRecipe(**{f.name: getattr(preset.victim, f.name) for f in dataclasses.fields(TrainRecipe)})
-    return content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
+    data = {key: value for key, value in config_dict(preset.data).items()
+            if key not in READ_ONLY_DATA_FIELDS and not (key in ("train", "eval") and value is None)}
+    if "train" in streamed_splits(preset.data):
+        data["streamed"] = True
+    return content_key("victim", ENGINE_VERSION, data, config_dict(preset.text),
                        config_dict(preset.model), config_dict(recipe), spec.attack, spec.attack_version,
                        spec.attack_config, spec.poison_count, spec.seed)
 
@@ -54,10 +60,15 @@ def _old_victim_key(preset, spec) -> str:
 @pytest.mark.parametrize("name", [str(TEST_PRESET), "fmnist-tiny", "openai-rn50", "cc3m-rn50"])
 def test_scratch_victims_and_victims_from_weights_keep_their_keys(name):
     """Existing caches stay valid: a scratch victim's key (and openai-rn50's, whose victims start from the model's
-    weights and now say so with init = "pretrained") is computed exactly as before the axis existed."""
+    weights and now say so with init = "pretrained") is computed exactly as before the axis existed, once the
+    sizes of the splits after the training split are at their defaults (fmnist-tiny's are, so its keys are
+    unchanged; BadNet and Blended do not read the clean pairs)."""
     preset = load_preset(name)
     plan = plan_grid(preset, ATTACKS, DEFENSES, [0, 1], resolve=False)
-    assert [spec.key for spec in plan.victims] == [_old_victim_key(preset, spec) for spec in plan.victims]
+    at_defaults = dataclasses.replace(preset, data=dataclasses.replace(preset.data, **LATER_SPLIT_DEFAULTS))
+    assert [spec.key for spec in plan.victims] == [_old_victim_key(at_defaults, spec) for spec in plan.victims]
+    if name == "fmnist-tiny":
+        assert at_defaults == preset
     assert VictimRecipe(init="pretrained").key_config() == VictimRecipe().key_config()
     assert preset.victim.init == ("pretrained" if name == "openai-rn50" else "scratch")
 
@@ -93,7 +104,7 @@ def _indices(images: torch.Tensor) -> set[int]:
     return set((images[:, 0, 0, 0].long() + 256 * images[:, 0, 0, 1].long()).tolist())
 
 
-def test_the_pretraining_split_is_disjoint_and_leaves_every_other_split_as_it_was(monkeypatch):
+def test_the_pretraining_split_is_disjoint_and_no_other_split_moves_it_or_is_moved(monkeypatch):
     monkeypatch.setattr(task_module, "load_fashion_mnist", _fake_fashion_mnist())
     monkeypatch.setattr(task_module, "_TASKS", {})
     scratch = load_preset(str(TEST_PRESET))
@@ -112,6 +123,12 @@ def test_the_pretraining_split_is_disjoint_and_leaves_every_other_split_as_it_wa
     assert after.pretrain_pairs.labels.tolist() == [i % 10 for i in
                                                     (after.pretrain_pairs.images[:, 0, 0, 0].long()
                                                      + 256 * after.pretrain_pairs.images[:, 0, 0, 1].long()).tolist()]
+    more_clean = dataclasses.replace(pretrained, data=dataclasses.replace(pretrained.data, clean_pairs=200))
+    moved = task_module.build_task(more_clean)
+    assert torch.equal(moved.pretrain_pairs.images, after.pretrain_pairs.images)
+    assert moved.pretrain_pairs.captions == after.pretrain_pairs.captions
+    assert torch.equal(moved.train_pairs.images, after.train_pairs.images)
+    assert pretrained_key(more_clean) == pretrained_key(pretrained)
     too_many = dataclasses.replace(pretrained, pretrain=PretrainSpec(pairs=1200))
     with pytest.raises(UserError, match=r"^pretrain\.pairs = 1200 is out of range: .* leave 1104 for pretraining$"):
         task_module.build_task(too_many)

@@ -98,3 +98,18 @@ def test_an_attack_sweep_shares_the_benign_control_and_a_preset_may_declare_it(t
     assert len(benign) == 1 and len(poisoned) == 2
     assert [plan.victims[-1].poison_count for plan in plans] == [10, 20]
     assert json.loads(json.dumps(dict(plans[1].sweep))) == {"attacks.badnet.poison_count": 20}
+
+
+def test_a_clean_pairs_sweep_shares_the_victims_of_attacks_that_do_not_read_the_clean_pairs():
+    """The victim-training split is cut first, so ``data.clean_pairs`` does not change it: BadNet's and the benign
+    control's victims are shared across the points, the victims of attacks derived from the clean pairs
+    (label-consistent's surrogate) are not, and every cell is distinct (it finetunes on the clean split)."""
+    preset = load_preset(str(TEST_PRESET))
+    points = sweep_points(preset, axes_of(preset, ["data.clean_pairs=100,200"]))
+    plans = [plan_grid(p.preset, ["badnet", "label-consistent"], ["none", "cleanclip"], [0], sweep=p.values)
+             for p in points]
+    keys = {attack: {v.key for plan in plans for v in plan.victims if v.attack == attack}
+            for attack in ("none", "badnet", "label-consistent")}
+    assert {attack: len(found) for attack, found in keys.items()} == {"none": 1, "badnet": 1, "label-consistent": 2}
+    cells = [cell.key for plan in plans for cell in plan.cells]
+    assert len(set(cells)) == len(cells) == 12

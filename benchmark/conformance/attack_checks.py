@@ -1,6 +1,7 @@
 """The checks of an attack: ``apply`` keeps shape, dtype and the [0, 1] range and leaves its input alone;
 ``poison`` leaves its input pairs alone and returns pairs and a manifest; the same seed gives the same images,
-captions and manifest.
+captions and manifest; an attack that declares it does not read the clean pairs (``uses_clean_pairs = False``)
+poisons the same without them, since its victims' keys leave their size out.
 
 Determinism is checked with torch's global generator in a different state for each of the two runs: the
 runner hands an attack its generator (and ``context.seed`` for what ``setup`` draws), and an attack that draws
@@ -9,6 +10,7 @@ from anywhere else (an unseeded ``torch.rand``) would poison differently each ti
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,8 @@ def check_attack(cls: type[Attack], preset: Preset, task: Task, cache_dir: Path)
     checks: list[tuple[str, Any]] = [
         ("metadata", lambda: metadata_check(cls, "attack")), ("config-frozen", frozen), ("config-toml", toml),
         ("apply-keeps-shape-dtype-range", checked.shape_dtype_range), ("leaves-input-untouched", checked.leaves_input),
-        ("poison-returns-pairs-and-manifest", checked.poison_result), ("deterministic", checked.deterministic)]
+        ("poison-returns-pairs-and-manifest", checked.poison_result), ("deterministic", checked.deterministic),
+        ("clean-pairs-declared", checked.clean_pairs_declared)]
     return [attempt(cls.name, check, run) for check, run in checks]
 
 
@@ -91,9 +94,7 @@ class _AttackRuns:
         runs = []
         for global_seed in (11, 12):
             torch.manual_seed(global_seed)  # an attack that draws from the global generator differs between runs
-            attack = self.build()
-            poisoned, manifest = self.poison(attack, self.pairs.copy())
-            runs.append((self.trigger(attack, self.images.clone()), poisoned, manifest.to_json()))
+            runs.append(self.outputs())
         (first, poisoned_a, manifest_a), (second, poisoned_b, manifest_b) = runs
         if not torch.equal(first, second):
             return ("two runs with the same seed triggered the same images differently: draw randomness from the "
@@ -102,6 +103,27 @@ class _AttackRuns:
             return ("two runs with the same seed poisoned differently: draw randomness from the generator passed "
                     "to poison, not torch's global generator")
         return None
+
+    def clean_pairs_declared(self) -> str | None:
+        if self.cls.uses_clean_pairs:
+            return None
+        blind = _AttackRuns(self.cls, self.settings, dataclasses.replace(self.context, clean_pairs=None,
+                                                                          clean_data_key=""), self.pairs)
+        fix = ("it declares uses_clean_pairs = False, so its victims are shared across clean-split sizes: "
+               "set uses_clean_pairs = True")
+        try:
+            (images, pairs, manifest), (blind_images, blind_pairs, blind_manifest) = self.outputs(), blind.outputs()
+        except Exception as error:  # noqa: BLE001 - any failure without the clean pairs means it reads them
+            return f"poisoning failed without context.clean_pairs ({type(error).__name__}: {error}); {fix}"
+        if not (torch.equal(images, blind_images) and _same_pairs(pairs, blind_pairs) and manifest == blind_manifest):
+            return f"poisoning changed without context.clean_pairs; {fix}"
+        return None
+
+    def outputs(self) -> tuple[torch.Tensor, PairSet, dict[str, Any]]:
+        """What one freshly built instance triggers and poisons."""
+        attack = self.build()
+        poisoned, manifest = self.poison(attack, self.pairs.copy())
+        return self.trigger(attack, self.images.clone()), poisoned, manifest.to_json()
 
 
 def _describe(images: torch.Tensor) -> str:

@@ -7,6 +7,10 @@ keys mean equal artifacts, so reruns reuse them.
 
 Data settings that only say how the data is read (``memory_gb``, ``workers``, ``max_bad_images``) are left out
 of the keys, and unset sources too, so a Fashion-MNIST preset keeps the keys it had before sources existed.
+The training split is cut first, so the sizes of the splits after it (clean, validation, test) do not move it: a
+victim's key holds them at their defaults unless its attack reads the clean pairs
+(:attr:`~attacks.base.Attack.uses_clean_pairs`), and a cell's key adds them, so a ``data.clean_pairs`` sweep
+shares its victims and a preset at the default sizes keeps the keys it had before this distinction.
 What ``memory_gb`` decides does count: whether a split is streamed (poisoned pairs are then drawn from the
 split as streamed, and an unreadable image drops out of a batch rather than out of the split), so a streamed
 training split marks the victim key and a streamed clean split the cell key.
@@ -32,7 +36,7 @@ from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, DEFENSE_STAGES, REFERENCE_DEFENSE
 from benchmark.storage import content_key
-from benchmark.task import Task
+from benchmark.task import PRETRAIN_SPLIT, Task
 from defenses import DEFENSES
 from benchmark.training_recipe import TrainRecipe
 from defenses.base import effective_recipe
@@ -41,6 +45,10 @@ from defenses.base import effective_recipe
 ENGINE_VERSION = "1"
 # Data settings that change how data is read, never what is trained on (see the module docstring).
 READ_ONLY_DATA_FIELDS = ("memory_gb", "workers", "max_bad_images")
+# Sizes of the splits cut after the victim-training split (see the module docstring), and their defaults.
+LATER_SPLIT_FIELDS = ("clean_pairs", "val_pairs", "test_images")
+LATER_SPLIT_DEFAULTS = {field.name: field.default for field in dataclasses.fields(DataSpec)
+                        if field.name in LATER_SPLIT_FIELDS}
 
 
 @dataclass(frozen=True)
@@ -151,16 +159,18 @@ def check_model(preset: Preset) -> None:
 def _victim(preset: Preset, attack: str, seed: int, settings: dict[str, Any]) -> VictimSpec:
     poison, settings = split_attack_settings(settings)
     if attack == BENIGN_ATTACK:
-        version, config, count = "-", {}, 0
+        version, config, count, reads_clean = "-", {}, 0, False
     else:
         cls = ATTACKS.get(attack)
         context = AttackContext(preset.data.image_size, seed, torch.device("cpu"))
         config = config_dict(cls.from_settings(settings, context=context).config)  # a bad key fails here
         version, count = cls.version, poison_count(poison, preset.data.train_pairs, attack)
+        reads_clean = cls.uses_clean_pairs
     # A scratch victim, and one that starts from the model's own weights (named by config_dict(preset.model)),
     # keep the keys they had before victims could start from a clean model trained here.
     start = ("init", "pretrained", pretrained_key(preset)) if preset.trains_clean_model else ()
-    key = content_key("victim", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
+    data = data_key(preset.data, "train", later_split_sizes=reads_clean)
+    key = content_key("victim", ENGINE_VERSION, data, config_dict(preset.text),
                       config_dict(preset.model), preset.victim.key_config(), attack, version, config, count, seed,
                       *start)
     return VictimSpec(attack, seed, version, settings, config, count, key)
@@ -179,32 +189,46 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     if stage == "post-training":  # the key of a cell as it was before stages existed
         streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
         key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
-                          config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed)
+                          config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed,
+                          *later_splits(preset.data))
         return CellSpec(victim, defense, cls.version, settings, config, key,
                         effective_recipe(preset.finetune, instance.config), tuning)
     removal_rate = preset.detection.removal_rate if stage == "data" else None
     trained_key = content_key("stage-victim", ENGINE_VERSION, victim.key, defense, cls.version, config, stage,
-                              removal_rate)
+                              removal_rate, *later_splits(preset.data))
     key = content_key("cell", ENGINE_VERSION, trained_key, preset.text.eval_templates, preset.data.test_images)
     return CellSpec(victim, defense, cls.version, settings, config, key, preset.victim, tuning, stage,
                     removal_rate, trained_key)
 
 
-def data_key(data: DataSpec, split: str) -> dict[str, Any]:
-    """The data settings that determine what ``split`` ("train" or "clean") trains on, for a cache key."""
+def data_key(data: DataSpec, split: str, *, later_split_sizes: bool = True) -> dict[str, Any]:
+    """The data settings that determine what ``split`` ("train" or "clean") trains on, for a cache key. Without
+    ``later_split_sizes`` (what the training split alone holds) the sizes of the splits cut after it are held at
+    their defaults rather than dropped, so that keys written before this distinction stay valid."""
     values = {key: value for key, value in config_dict(data).items()
               if key not in READ_ONLY_DATA_FIELDS and not (key in ("train", "eval") and value is None)}
+    if not later_split_sizes:
+        values.update(LATER_SPLIT_DEFAULTS)
     if split in streamed_splits(data):
         values["streamed"] = True
     return values
 
 
+def later_splits(data: DataSpec) -> tuple[Any, ...]:
+    """What a cell's key adds to its victim's: the sizes of the clean, validation and test splits when they are not
+    the defaults a victim's key may hold them at (nothing otherwise, so that cells keep the keys they had)."""
+    sizes = {name: getattr(data, name) for name in LATER_SPLIT_FIELDS}
+    return () if sizes == LATER_SPLIT_DEFAULTS else ("split sizes", sizes)
+
+
 def pretrained_key(preset: Preset) -> str:
     """The content key of the clean model that ``preset``'s victims start from when it trains one
-    (:attr:`~benchmark.presets.Preset.trains_clean_model`): the data settings (where the pretraining split lies in
-    the permutation), the captions' text settings, the model and the ``[pretrain]`` section."""
-    return content_key("pretrained", ENGINE_VERSION, data_key(preset.data, "train"), config_dict(preset.text),
-                       config_dict(preset.model), config_dict(preset.pretrain))
+    (:attr:`~benchmark.presets.Preset.trains_clean_model`): the data settings (the pretraining split is the end of
+    the permutation, :data:`~benchmark.task.PRETRAIN_SPLIT`, so the other splits' sizes do not move it), the
+    captions' text settings, the model and the ``[pretrain]`` section."""
+    return content_key("pretrained", ENGINE_VERSION, PRETRAIN_SPLIT, data_key(preset.data, "train",
+                       later_split_sizes=False), config_dict(preset.text), config_dict(preset.model),
+                       config_dict(preset.pretrain))
 
 
 def clean_data_key(preset: Preset) -> str:
