@@ -89,7 +89,7 @@ def test_presets_give_every_builtin_a_realistic_poison_rate(preset: str) -> None
     from benchmark.runner import plan_grid
 
     loaded = load_preset(str(Path(__file__).parent.parent / preset) if preset.endswith(".toml") else preset)
-    builtins = ["badnet", "blended", "wanet", "label-consistent", "badclip"]
+    builtins = NAMES
     plan = plan_grid(loaded, builtins, ["none"], [0])
     for name in builtins:
         assert 0 < loaded.attacks[name]["poison_rate"] <= 0.05

@@ -11,20 +11,22 @@ import pytest
 import torch
 
 import benchmark.task as task_module
+from attacks import ATTACKS as ATTACK_REGISTRY
 from benchmark.api import run_grid
 from benchmark.checkpoints import read_state_dict
 from benchmark.config import config_dict
 from benchmark.data.fashion_mnist import Split
+from benchmark.data.source_splits import streamed_splits
 from benchmark.errors import UserError
 from benchmark.presets import DataSpec, PretrainSpec, SourceSpec, load_preset
 from benchmark.results import COLUMNS, RESULTS_FILE, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.cost import grid_cost
-from benchmark.data.source_splits import streamed_splits
 from benchmark.runner.plan import ENGINE_VERSION, LATER_SPLIT_DEFAULTS, READ_ONLY_DATA_FIELDS, pretrained_key
 from benchmark.storage import content_key
 from benchmark.training_recipe import TrainRecipe, VictimRecipe
 from benchmark.validate import validate
+from defenses import DEFENSES as DEFENSE_REGISTRY
 from leaderboard.load import load_results
 from tests.helpers import TEST_PRESET
 from tests.results_rows import make_row, write_results
@@ -199,6 +201,21 @@ def test_parallel_workers_only_load_the_clean_model_the_coordinator_trained(tmp_
     assert (summary.pretrained_trained, summary.victims_trained, summary.cells_failed) == (1, 2, 0), summary.failures
     assert len(list((out / "cache" / "pretrained").iterdir())) == 1
     assert set(pd.read_csv(grid.results)["victim_init"]) == {"pretrained"}
+
+
+def test_every_builtin_attack_and_defense_runs_on_pretrained_victims(tmp_path):
+    """The pretrained setting end to end through the whole registry (issue 18's "runs through every attack and
+    defense"), at the smallest sizes: one clean model, every row ok and recorded as a pretrained victim."""
+    out = tmp_path / "out"
+    grid = run_grid("all", "all", [0], preset=str(_preset_file(tmp_path, PRETRAINED)), out=out, device="cpu",
+                    workers=1, no_plugin_autoload=True)
+    rows = pd.read_csv(grid.results)
+    assert grid.summary.cells_failed == 0, grid.summary.failures
+    assert grid.summary.pretrained_trained == 1 and len(list((out / "cache" / "pretrained").iterdir())) == 1
+    assert set(rows["attack"]) == {"none", *ATTACK_REGISTRY.names()}
+    assert set(rows["defense"]) == set(DEFENSE_REGISTRY.names())
+    assert len(rows) == len(set(rows["attack"])) * len(set(rows["defense"]))
+    assert set(rows["status"]) == {"ok"} and set(rows["victim_init"]) == {"pretrained"}
 
 
 def test_validate_and_the_estimate_show_the_pretraining_once_per_run(tmp_path, monkeypatch):
