@@ -6,10 +6,11 @@ t-interval, and the ASR of every seed beside it, as Markdown.
 
 Attacks come in the order: benign control, the paper's four, then the rest alphabetically; defenses: the
 built-ins, then plugins. A column for the setting appears when the runs hold more than one (e.g. a preset and
-its ``[clip+ssl victim]`` variant). ``--defenses`` keeps only those defenses (a study that shares its folder with
+its ``[clip+ssl victim]`` variant, or a sweep's points, in the order of their values). ``--defenses`` keeps only those defenses (a study that shares its folder with
 a larger one).
 """
 import argparse
+import re
 
 import pandas as pd
 
@@ -24,6 +25,11 @@ def ordered(values, first):
     return [v for v in first if v in set(values)] + sorted(set(values) - set(first))
 
 
+def natural(text: str) -> list:
+    """Sort key that orders the numbers in a setting's label by value (a sweep's points: 25, 75, 200, 600)."""
+    return [float(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+(?:\.\d+)?)", text))]
+
+
 def interval(mean, low, high) -> str:
     return f"{number(mean)} [{number(low)}, {number(high)}]" if pd.notna(low) else number(mean)
 
@@ -33,7 +39,7 @@ def main(folder: str, runs: list[str], defenses: list[str] | None = None) -> Non
     if defenses:
         lb = lb[lb.defense.isin(defenses)]
     rows = load_results(runs)
-    settings = sorted(lb.preset.unique())
+    settings = sorted(lb.preset.unique(), key=natural)
     several = len(settings) > 1
     print(("| setting " if several else "") + "| attack | defense | seeds | CA mean [95% CI] | ASR mean [95% CI] | ASR per seed |")
     print(("|---" if several else "") + "|---|---|---|---|---|---|")
