@@ -4,7 +4,9 @@ line per (attack, defense), the band the 95% Student-t interval of the mean over
 Rows carry their point in the ``sweep`` column; a point's rows form their own setting on the leaderboard
 (``fmnist-tiny [defenses.cleanclip.inmodal_weight=2]``), so each point's ΔASR is against its own no-defense
 cell. With several swept keys, a line also holds the other keys fixed, and its label says at which values.
-Numeric values are drawn to scale; others (text) at even spacing in the order they first appear.
+Numeric values are drawn to scale, on a log axis when they are all positive and span a factor of 10 or more (a
+poison count of 25 to 600, clean pairs of 1,000 to 10,000: the points would otherwise crowd at the left); others
+(text) at even spacing in the order they first appear.
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from benchmark.results import BENIGN_ATTACK, sweep_label
 from leaderboard.aggregate import mean_interval
 
 LINESTYLES = ["-", "--", ":", "-."]
+LOG_AXIS_SPAN = 10  # all values positive and max / min at least this: a log x axis
+
+
+def log_axis(values: list[object]) -> bool:
+    """Whether a numeric sweep's values are drawn on a log axis."""
+    positive = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0]
+    return len(positive) == len(values) > 1 and max(positive) / min(positive) >= LOG_AXIS_SPAN
 
 
 def sweep_rows(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -64,6 +73,10 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
                      title=f"{metric} ({base})".replace("$", r"\$"))
             if not numeric:
                 axis.set_xticks(range(len(values)), [str(v).replace("$", r"\$") for v in values])
+            elif log_axis(values):
+                axis.set_xscale("log")
+                axis.set_xticks(sorted(position.values()), [f"{v:g}" for v in sorted(values)], minor=False)
+                axis.minorticks_off()
             axis.grid(alpha=0.3)
         ca_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.tight_layout()

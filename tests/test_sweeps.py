@@ -15,6 +15,7 @@ from benchmark.errors import UserError
 from benchmark.presets import load_preset
 from benchmark.runner import plan_grid
 from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
+from leaderboard.sweep_plots import sweep_figure
 from tests.helpers import TEST_PRESET
 
 SWEEP = "defenses.finetune.epochs=1,2"
@@ -113,3 +114,19 @@ def test_a_clean_pairs_sweep_shares_the_victims_of_attacks_that_do_not_read_the_
     assert {attack: len(found) for attack, found in keys.items()} == {"none": 1, "badnet": 1, "label-consistent": 2}
     cells = [cell.key for plan in plans for cell in plan.cells]
     assert len(set(cells)) == len(cells) == 12
+
+
+def _swept_rows(key: str, values: list[float]) -> pd.DataFrame:
+    rows = [{"sweep": json.dumps({key: v}), "preset": f"p [{key}={v}]", "attack": "badnet", "defense": "none",
+             "seed": seed, "asr": 0.5, "ca": 0.8} for v in values for seed in (0, 1)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(("values", "scale"), [([25, 75, 200, 600], "log"), ([0, 0.5, 1, 2, 4, 8], "linear"),
+                                               ([1, 2, 5], "linear")])
+def test_a_sweep_spanning_a_factor_of_ten_or_more_is_drawn_on_a_log_axis(values, scale):
+    figure = sweep_figure(_swept_rows("attacks.badnet.poison_count", values), {})
+    asr_axis, ca_axis = figure.axes[:2]
+    assert asr_axis.get_xscale() == ca_axis.get_xscale() == scale
+    if scale == "log":
+        assert [label.get_text() for label in asr_axis.get_xticklabels()] == [str(v) for v in values]
