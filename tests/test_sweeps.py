@@ -5,6 +5,8 @@ victim), resuming, and the leaderboard's settings and curves."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -130,3 +132,17 @@ def test_a_sweep_spanning_a_factor_of_ten_or_more_is_drawn_on_a_log_axis(values,
     assert asr_axis.get_xscale() == ca_axis.get_xscale() == scale
     if scale == "log":
         assert [label.get_text() for label in asr_axis.get_xticklabels()] == [str(v) for v in values]
+
+
+def test_the_trends_script_reads_each_points_cells_and_correlates_them(swept):
+    out, _ = swept
+    script = Path(__file__).parents[1] / "benchmarks" / "sweep_trends.py"
+    printed = subprocess.run([sys.executable, str(script), str(out), "--defense", "finetune"], check=True,
+                             capture_output=True, text=True).stdout
+    rows = pd.read_csv(out / "results.csv")
+    for epochs in (1, 2):
+        cell = rows[(rows.attack == "badnet") & (rows.defense == "finetune")
+                    & (rows.sweep == json.dumps({"defenses.finetune.epochs": epochs}))].iloc[0]
+        line = next(line for line in printed.splitlines() if f"| badnet | {epochs} | 1 |" in line)
+        assert f"| {cell.asr:.3f} | {cell.ca:.3f} |" in line
+    assert "| defenses.finetune.epochs | badnet |" in printed.split("\n\n")[1]

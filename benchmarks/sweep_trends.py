@@ -1,0 +1,82 @@
+"""A sweep's trends: for each swept setting and attack, ASR and CA at every value, with and without a defense,
+and the rank correlation (Spearman's ρ over the per-seed cells) of each ASR with the swept value, as Markdown.
+
+    python benchmarks/sweep_trends.py RUN... [--defense cleanclip]
+
+This is what a one-factor curve claims, in numbers a reader can check: the CleanCLIP paper's "a larger λ2
+steadily lowers ASR at about the same CA" is a negative ρ between λ2 and the ASR after CleanCLIP, with the CA
+column flat. ρ is over every seed's cell (not the means), its p-value the two-sided test of ρ = 0; with all
+ASRs tied it is undefined (—). ``CA cost`` is the benign control's CA with no defense minus its CA after the
+defense, at the same value. Only cells with status ok count.
+"""
+import argparse
+
+import pandas as pd
+from scipy.stats import spearmanr
+
+from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE as NO_DEFENSE
+from leaderboard.html import number
+from leaderboard.load import load_results
+from leaderboard.sweep_plots import sweep_rows
+
+
+def rank_correlation(values: pd.Series, metric: pd.Series) -> str:
+    """Spearman's ρ of a metric against the swept value over per-seed cells, with its p-value."""
+    if metric.nunique() < 2 or values.nunique() < 2:
+        return "—"
+    rho, p = spearmanr(values, metric)
+    return f"{rho:+.2f} (p = {p:.2g}, n = {len(metric)})"
+
+
+def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per setting × key × attack × value, one row per setting × key × attack with the correlations)."""
+    rows = sweep_rows(load_results(runs))
+    rows = rows[rows["status"] == "ok"]
+    points, lines = [], []
+    for (base, key) in sorted({(b, k) for b, point in zip(rows["base"], rows["point"]) for k in point}):
+        mine = rows[(rows["base"] == base) & rows["point"].map(lambda point, key=key: key in point)].copy()
+        mine["value"] = mine["point"].map(lambda point, key=key: point[key])
+        benign = mine[mine["attack"] == BENIGN_ATTACK]
+        for attack in sorted(set(mine["attack"]) - {BENIGN_ATTACK}):
+            cells = mine[mine["attack"] == attack]
+            reference, defended = cells[cells["defense"] == NO_DEFENSE], cells[cells["defense"] == defense]
+            for value in sorted(cells["value"].unique()):
+                at = defended[defended["value"] == value]
+                ref = reference[reference["value"] == value]
+                cost = (benign[(benign["value"] == value) & (benign["defense"] == NO_DEFENSE)]["ca"].mean()
+                        - benign[(benign["value"] == value) & (benign["defense"] == defense)]["ca"].mean())
+                points.append({"setting": base, "swept": key, "attack": attack, "value": value,
+                               "seeds": len(at), "asr_reference": ref["asr"].mean(), "asr": at["asr"].mean(),
+                               "ca": at["ca"].mean(), "ca_cost": cost})
+            lines.append({"setting": base, "swept": key, "attack": attack,
+                          "rho_asr": rank_correlation(defended["value"], defended["asr"]),
+                          "rho_asr_reference": rank_correlation(reference["value"], reference["asr"]),
+                          "ca_range": defended.groupby("value")["ca"].mean().agg(lambda ca: ca.max() - ca.min())})
+    return pd.DataFrame(points), pd.DataFrame(lines)
+
+
+def main(runs: list[str], defense: str) -> None:
+    points, lines = trends(runs, defense)
+    if points.empty:
+        print("no sweep rows in these runs")
+        return
+    print(f"| setting | swept | attack | value | seeds | ASR, no defense | ASR, {defense} | CA, {defense} | "
+          f"CA cost of {defense} (benign) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in points.itertuples():
+        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.value:g} | {r.seeds} | {number(r.asr_reference)} | "
+              f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |")
+    print()
+    print(f"| setting | swept | attack | ρ(value, ASR after {defense}) | ρ(value, ASR with no defense) | "
+          f"CA after {defense}: max − min over values |")
+    print("|---|---|---|---|---|---|")
+    for r in lines.itertuples():
+        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.rho_asr} | {r.rho_asr_reference} | {number(r.ca_range)} |")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders holding sweep rows")
+    parser.add_argument("--defense", default="cleanclip", help="the defense whose curves to read (default cleanclip)")
+    args = parser.parse_args()
+    main(args.runs, args.defense)
