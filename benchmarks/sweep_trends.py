@@ -6,7 +6,8 @@ and the rank correlation (Spearman's ρ over the per-seed cells) of each ASR wit
 This is what a one-factor curve claims, in numbers a reader can check: the CleanCLIP paper's "a larger λ2
 steadily lowers ASR at about the same CA" is a negative ρ between λ2 and the ASR after CleanCLIP, with the CA
 column flat. ρ is over every seed's cell (not the means), its p-value the two-sided test of ρ = 0; with all
-ASRs tied it is undefined (—). ``CA cost`` is the benign control's CA with no defense minus its CA after the
+ASRs tied it is undefined (—); read it with the ASR's range over the values, since a rank correlation also
+orders differences of a thousandth. ``CA cost`` is the benign control's CA with no defense minus its CA after the
 defense, at the same value. Only cells with status ok count.
 """
 import argparse
@@ -26,6 +27,12 @@ def rank_correlation(values: pd.Series, metric: pd.Series) -> str:
         return "—"
     rho, p = spearmanr(values, metric)
     return f"{rho:+.2f} (p = {p:.2g}, n = {len(metric)})"
+
+
+def spread(cells: pd.DataFrame, metric: str) -> float:
+    """Largest minus smallest mean over seeds across the swept values: how far the curve moves."""
+    means = cells.groupby("value")[metric].mean()
+    return means.max() - means.min()
 
 
 def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -51,7 +58,7 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             lines.append({"setting": base, "swept": key, "attack": attack,
                           "rho_asr": rank_correlation(defended["value"], defended["asr"]),
                           "rho_asr_reference": rank_correlation(reference["value"], reference["asr"]),
-                          "ca_range": defended.groupby("value")["ca"].mean().agg(lambda ca: ca.max() - ca.min())})
+                          "asr_range": spread(defended, "asr"), "ca_range": spread(defended, "ca")})
     return pd.DataFrame(points), pd.DataFrame(lines)
 
 
@@ -68,10 +75,11 @@ def main(runs: list[str], defense: str) -> None:
               f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |")
     print()
     print(f"| setting | swept | attack | ρ(value, ASR after {defense}) | ρ(value, ASR with no defense) | "
-          f"CA after {defense}: max − min over values |")
-    print("|---|---|---|---|---|---|")
+          f"ASR after {defense}: max − min over values | CA after {defense}: max − min |")
+    print("|---|---|---|---|---|---|---|")
     for r in lines.itertuples():
-        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.rho_asr} | {r.rho_asr_reference} | {number(r.ca_range)} |")
+        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.rho_asr} | {r.rho_asr_reference} | "
+              f"{number(r.asr_range)} | {number(r.ca_range)} |")
 
 
 if __name__ == "__main__":
