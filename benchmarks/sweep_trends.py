@@ -65,13 +65,13 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 def main(runs: list[str], defense: str) -> None:
     points, lines = trends(runs, defense)
     if points.empty:
-        print("no sweep rows in these runs")
+        print("no sweep rows of an attack in these runs (the benign control alone has no ASR to follow)")
         return
     print(f"| setting | swept | attack | value | seeds | ASR, no defense | ASR, {defense} | CA, {defense} | "
           f"CA cost of {defense} (benign) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in points.itertuples():
-        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.value:g} | {r.seeds} | {number(r.asr_reference)} | "
+        print(f"| {r.setting} | {r.swept} | {r.attack} | {r.value} | {r.seeds} | {number(r.asr_reference)} | "
               f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |")
     print()
     print(f"| setting | swept | attack | ρ(value, ASR after {defense}) | ρ(value, ASR with no defense) | "
