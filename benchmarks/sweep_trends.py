@@ -8,14 +8,16 @@ steadily lowers ASR at about the same CA" is a negative ρ between λ2 and the A
 column flat. ρ is over every seed's cell (not the means), its p-value the two-sided test of ρ = 0; with all
 ASRs tied it is undefined (—); read it with the ASR's range over the values, since a rank correlation also
 orders differences of a thousandth. ``CA cost`` is the benign control's CA with no defense minus its CA after the
-defense, at the same value. Only cells with status ok count.
+defense, at the same value. With several swept keys, each curve holds the others fixed and its setting names
+them. Only cells with status ok count.
 """
 import argparse
 
 import pandas as pd
 from scipy.stats import spearmanr
 
-from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE as NO_DEFENSE
+from benchmark.results import BENIGN_ATTACK, sweep_label
+from benchmark.results import REFERENCE_DEFENSE as NO_DEFENSE
 from leaderboard.html import number
 from leaderboard.load import load_results
 from leaderboard.sweep_plots import sweep_rows
@@ -43,19 +45,22 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     for (base, key) in sorted({(b, k) for b, point in zip(rows["base"], rows["point"]) for k in point}):
         mine = rows[(rows["base"] == base) & rows["point"].map(lambda point, key=key: key in point)].copy()
         mine["value"] = mine["point"].map(lambda point, key=key: point[key])
-        benign = mine[mine["attack"] == BENIGN_ATTACK]
-        for attack in sorted(set(mine["attack"]) - {BENIGN_ATTACK}):
-            cells = mine[mine["attack"] == attack]
+        # with several swept keys, a curve holds the other keys fixed (as the leaderboard's sweep plots do)
+        mine["others"] = mine["point"].map(lambda point, key=key: sweep_label({k: v for k, v in point.items()
+                                                                              if k != key}))
+        for (attack, others), cells in mine[mine["attack"] != BENIGN_ATTACK].groupby(["attack", "others"]):
+            benign = mine[(mine["attack"] == BENIGN_ATTACK) & (mine["others"] == others)]
+            setting = f"{base} [{others}]" if others else base
             reference, defended = cells[cells["defense"] == NO_DEFENSE], cells[cells["defense"] == defense]
             for value in sorted(cells["value"].unique()):
                 at = defended[defended["value"] == value]
                 ref = reference[reference["value"] == value]
                 cost = (benign[(benign["value"] == value) & (benign["defense"] == NO_DEFENSE)]["ca"].mean()
                         - benign[(benign["value"] == value) & (benign["defense"] == defense)]["ca"].mean())
-                points.append({"setting": base, "swept": key, "attack": attack, "value": value,
+                points.append({"setting": setting, "swept": key, "attack": attack, "value": value,
                                "seeds": len(at), "asr_reference": ref["asr"].mean(), "asr": at["asr"].mean(),
                                "ca": at["ca"].mean(), "ca_cost": cost})
-            lines.append({"setting": base, "swept": key, "attack": attack,
+            lines.append({"setting": setting, "swept": key, "attack": attack,
                           "rho_asr": rank_correlation(defended["value"], defended["asr"]),
                           "rho_asr_reference": rank_correlation(reference["value"], reference["asr"]),
                           "asr_range": spread(defended, "asr"), "ca_range": spread(defended, "ca")})

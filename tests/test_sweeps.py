@@ -18,6 +18,9 @@ from benchmark.presets import load_preset
 from benchmark.runner import plan_grid
 from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
 from leaderboard.sweep_plots import sweep_figure
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from sweep_trends import trends  # noqa: E402
 from tests.helpers import TEST_PRESET
 
 SWEEP = "defenses.finetune.epochs=1,2"
@@ -146,3 +149,23 @@ def test_the_trends_script_reads_each_points_cells_and_correlates_them(swept):
         line = next(line for line in printed.splitlines() if f"| badnet | {epochs} | 1 |" in line)
         assert f"| {cell.asr:.3f} | {cell.ca:.3f} |" in line
     assert "| defenses.finetune.epochs | badnet |" in printed.split("\n\n")[1]
+
+
+def test_with_two_swept_keys_each_trend_holds_the_other_key_fixed(swept, tmp_path):
+    out, _ = swept
+    rows = pd.read_csv(out / "results.csv")
+    copies = []
+    for victim_epochs, shift in ((1, 0.0), (2, 0.5)):
+        copy = rows.copy()
+        points = [dict(json.loads(point), **{"victim.epochs": victim_epochs}) for point in copy.sweep]
+        copy["sweep"] = [json.dumps(point) for point in points]
+        copy["asr"] = copy["asr"] * (1 - shift)
+        copy["cell_id"] = copy["cell_id"] + f"e{victim_epochs}"  # rows are one per cell
+        copies.append(copy)
+    (tmp_path / "run").mkdir()
+    pd.concat(copies).to_csv(tmp_path / "run" / "results.csv", index=False)
+    points, lines = trends([str(tmp_path / "run")], "finetune")
+    epochs_curves = lines[lines.swept == "defenses.finetune.epochs"]
+    assert sorted(epochs_curves.setting) == ["fmnist-test [victim.epochs=1]", "fmnist-test [victim.epochs=2]"]
+    at = points[(points.swept == "defenses.finetune.epochs") & (points.value == 1)].set_index("setting").asr
+    assert at["fmnist-test [victim.epochs=2]"] == pytest.approx(at["fmnist-test [victim.epochs=1]"] * 0.5)
