@@ -4,6 +4,7 @@ victim), resuming, and the leaderboard's settings and curves."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -18,12 +19,18 @@ from benchmark.presets import load_preset
 from benchmark.runner import plan_grid
 from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
 from leaderboard.sweep_plots import sweep_figure
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-from sweep_trends import trends  # noqa: E402
 from tests.helpers import TEST_PRESET
 
 SWEEP = "defenses.finetune.epochs=1,2"
+TRENDS_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sweep_trends.py"
+
+
+def _trends(runs: list[str], defense: str):
+    """``benchmarks/sweep_trends.py``'s ``trends``, loaded from its file (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("sweep_trends", TRENDS_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.trends(runs, defense)
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +146,7 @@ def test_a_sweep_spanning_a_factor_of_ten_or_more_is_drawn_on_a_log_axis(values,
 
 def test_the_trends_script_reads_each_points_cells_and_correlates_them(swept):
     out, _ = swept
-    script = Path(__file__).parents[1] / "benchmarks" / "sweep_trends.py"
-    printed = subprocess.run([sys.executable, str(script), str(out), "--defense", "finetune"], check=True,
+    printed = subprocess.run([sys.executable, str(TRENDS_SCRIPT), str(out), "--defense", "finetune"], check=True,
                              capture_output=True, text=True).stdout
     rows = pd.read_csv(out / "results.csv")
     for epochs in (1, 2):
@@ -164,7 +170,7 @@ def test_with_two_swept_keys_each_trend_holds_the_other_key_fixed(swept, tmp_pat
         copies.append(copy)
     (tmp_path / "run").mkdir()
     pd.concat(copies).to_csv(tmp_path / "run" / "results.csv", index=False)
-    points, lines = trends([str(tmp_path / "run")], "finetune")
+    points, lines = _trends([str(tmp_path / "run")], "finetune")
     epochs_curves = lines[lines.swept == "defenses.finetune.epochs"]
     assert sorted(epochs_curves.setting) == ["fmnist-test [victim.epochs=1]", "fmnist-test [victim.epochs=2]"]
     at = points[(points.swept == "defenses.finetune.epochs") & (points.value == 1)].set_index("setting").asr
