@@ -16,11 +16,11 @@ import argparse
 import pandas as pd
 from scipy.stats import spearmanr
 
-from benchmark.results import BENIGN_ATTACK, sweep_label
+from benchmark.results import BENIGN_ATTACK
 from benchmark.results import REFERENCE_DEFENSE as NO_DEFENSE
 from leaderboard.html import number
 from leaderboard.load import load_results
-from leaderboard.sweep_plots import sweep_rows
+from leaderboard.sweep_plots import sweep_curves, sweep_rows
 
 
 def rank_correlation(values: pd.Series, metric: pd.Series) -> str:
@@ -42,12 +42,7 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = sweep_rows(load_results(runs))
     rows = rows[rows["status"] == "ok"]
     points, lines = [], []
-    for (base, key) in sorted({(b, k) for b, point in zip(rows["base"], rows["point"]) for k in point}):
-        mine = rows[(rows["base"] == base) & rows["point"].map(lambda point, key=key: key in point)].copy()
-        mine["value"] = mine["point"].map(lambda point, key=key: point[key])
-        # with several swept keys, a curve holds the other keys fixed (as the leaderboard's sweep plots do)
-        mine["others"] = mine["point"].map(lambda point, key=key: sweep_label({k: v for k, v in point.items()
-                                                                              if k != key}))
+    for base, key, mine in sweep_curves(rows):
         for (attack, others), cells in mine[mine["attack"] != BENIGN_ATTACK].groupby(["attack", "others"]):
             benign = mine[(mine["attack"] == BENIGN_ATTACK) & (mine["others"] == others)]
             setting = f"{base} [{others}]" if others else base

@@ -40,25 +40,36 @@ def sweep_rows(per_seed: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
+def sweep_curves(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    """Each (setting, swept key) of :func:`sweep_rows`' rows, with its rows and two columns: ``value`` (the key's
+    value) and ``others`` (the other swept keys' values as a label: a curve holds them fixed)."""
+    curves = []
+    for base, key in sorted({(base, key) for base, point in zip(rows["base"], rows["point"]) for key in point}):
+        mine = rows[(rows["base"] == base) & rows["point"].map(lambda point, key=key: key in point)].copy()
+        mine["value"] = mine["point"].map(lambda point, key=key: point[key])
+        mine["others"] = mine["point"].map(
+            lambda point, key=key: sweep_label({k: v for k, v in point.items() if k != key}))
+        curves.append((base, key, mine))
+    return curves
+
+
 def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Figure | None:
     """One row of panels (ASR, CA) per (preset, swept key); None without a sweep."""
     rows = sweep_rows(per_seed)
     if rows.empty:
         return None
-    panels = sorted({(base, key) for base, point in zip(rows["base"], rows["point"]) for key in point})
+    panels = sweep_curves(rows)
     figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
     attacks = sorted(rows["attack"].unique())
-    for (base, key), (asr_axis, ca_axis) in zip(panels, axes):
-        mine = rows[(rows["base"] == base) & rows["point"].map(lambda point: key in point)]
-        values = list(dict.fromkeys(point[key] for point in mine["point"]))
+    for (base, key, mine), (asr_axis, ca_axis) in zip(panels, axes):
+        values = list(dict.fromkeys(mine["value"]))
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
-        fixed = mine["point"].map(lambda point: sweep_label({k: v for k, v in point.items() if k != key}))
-        for (attack, defense, others), line in mine.groupby([mine["attack"], mine["defense"], fixed], sort=True):
+        for (attack, defense, others), line in mine.groupby(["attack", "defense", "others"], sort=True):
             colour, marker = styles.get(defense, ("#000000", "o"))
             label = f"{attack} × {defense}" + (f" ({others})" if others else "")
             style = LINESTYLES[attacks.index(attack) % len(LINESTYLES)]
-            by_value = line.groupby(line["point"].map(lambda point: point[key]), sort=False)
+            by_value = line.groupby("value", sort=False)
             for metric, axis in (("asr", asr_axis), ("ca", ca_axis)):
                 if metric == "asr" and attack == BENIGN_ATTACK:
                     continue
