@@ -51,10 +51,14 @@ def removal_order(scores: torch.Tensor) -> torch.Tensor:
     return torch.sort(scores.double(), descending=True, stable=True).indices
 
 
+def removal_count(removal_rate: float, pairs: int) -> int:
+    """How many of ``pairs`` training pairs the runner removes at ``removal_rate``: ``round(rate · N)``."""
+    return int(round(removal_rate * pairs))
+
+
 def removed_indices(scores: torch.Tensor, removal_rate: float) -> torch.Tensor:
-    """The pairs removed at ``removal_rate``: the ``round(rate · N)`` highest-scored ones, sorted by index."""
-    count = int(round(removal_rate * len(scores)))
-    return torch.sort(removal_order(scores)[:count]).values
+    """The pairs removed at ``removal_rate``: the :func:`removal_count` highest-scored ones, sorted by index."""
+    return torch.sort(removal_order(scores)[:removal_count(removal_rate, len(scores))]).values
 
 
 def detection_metrics(scores: torch.Tensor, poisoned: list[int], removed: torch.Tensor) -> DetectionMetrics:

@@ -153,7 +153,8 @@ class DetectionSpec:
     training pairs that scored highest, and retrains the victim on the rest.
 
     The budget is the defender's, fixed before any attack is known, and the same for every attack: a detector
-    does not learn the poison rate. Its cost on clean data is the benign control's CA after that removal.
+    does not learn the poison rate. Its cost on clean data is the benign control's CA after that removal. A
+    budget that removes nothing (0) is detection only: the cell's model is the no-defense victim, not retrained.
     """
 
     removal_rate: float = 0.1

@@ -81,7 +81,8 @@ def validate(preset: Preset, attacks: str, defenses: str, seeds: list[int], *,
         report.lines += _describe_grid(plans[0])
         if plans[0].sweep:
             victims = {spec.key for plan in plans for spec in plan.victims}
-            victims |= {cell.trained_key for plan in plans for cell in plan.cells if cell.trained_key}
+            victims |= {cell.trained_key for plan in plans for cell in plan.cells
+                        if cell.trains_model(plan.preset.data.train_pairs)}
             cells = {cell.key for plan in plans for cell in plan.cells}
             keys = ", ".join(key for key, _ in plans[0].sweep)
             report.lines.append(f"sweep over {keys}: {len(plans)} points (the first described above); "
@@ -158,6 +159,7 @@ def _describe_data(preset: Preset) -> list[str]:
 
 def _describe_grid(plan: Plan) -> list[str]:
     from benchmark.data.source_splits import streamed_splits
+    from benchmark.detection_metrics import removal_count
     from defenses import DEFENSES
 
     preset = plan.preset
@@ -165,7 +167,8 @@ def _describe_grid(plan: Plan) -> list[str]:
     attacks = sorted({v.attack for v in plan.victims})
     seeds = sorted({v.seed for v in plan.victims})
     defenses = list(dict.fromkeys(cell.defense for cell in plan.cells))
-    stage_victims = sum(1 for cell in plan.cells if cell.stage != "post-training")
+    removes = removal_count(preset.detection.removal_rate, preset.data.train_pairs)
+    stage_victims = sum(cell.trains_model(preset.data.train_pairs) for cell in plan.cells)
     start, pretraining, pretrain_steps = _victim_start(preset)
     lines = [
         f"model: {preset.model.name} ({start})",
@@ -186,15 +189,19 @@ def _describe_grid(plan: Plan) -> list[str]:
         cls = DEFENSES.get(name)
         cells = sum(1 for cell in plan.cells if cell.defense == name)
         if cls.stage != "post-training":
-            kept = 1 - preset.detection.removal_rate if cls.stage == "data" else 1
-            pairs = int(preset.data.train_pairs * kept)
+            streamed = (" (needs the training split in memory: this preset streams it, so these cells will fail)"
+                        if cls.stage == "data" and "train" in streamed_splits(preset.data) else "")
+            if cls.stage == "data" and not removes:
+                lines.append(f"defense {name} (data stage): scores the {preset.data.train_pairs:,} training pairs "
+                             f"and removes none (detection.removal_rate {preset.detection.removal_rate:g}: "
+                             f"detection only, the model is the victim){streamed} × {cells} cells")
+                continue
+            pairs = preset.data.train_pairs - (removes if cls.stage == "data" else 0)
             steps = pairs // preset.victim.batch_size * preset.victim.epochs
             defense_steps += steps * cells
             what = (f"scores the training pairs, removes the top {preset.detection.removal_rate:.0%}, retrains the "
                     f"victim on {pairs:,} pairs" if cls.stage == "data" else f"trains the victim on {pairs:,} pairs")
-            if cls.stage == "data" and "train" in streamed_splits(preset.data):
-                what += " (needs the training split in memory: this preset streams it, so these cells will fail)"
-            lines.append(f"defense {name} ({cls.stage} stage): {what} / batch {preset.victim.batch_size} × "
+            lines.append(f"defense {name} ({cls.stage} stage): {what}{streamed} / batch {preset.victim.batch_size} × "
                          f"{preset.victim.epochs} epochs ≈ {steps:,} steps per cell × {cells} cells")
             continue
         config = cls.from_settings(preset.defenses.get(name, {})).config

@@ -171,14 +171,31 @@ def test_the_cells_own_models_are_reused_when_only_their_metrics_are_lost(stage_
                                   after[["cell_id", *METRIC_COLUMNS, *DETECTION_COLUMNS]])
 
 
-def test_removing_nothing_retrains_the_no_defense_victim_exactly(tmp_path, stage_defenses):
-    """At removal rate 0 the data stage retrains on every pair from the same initialisation and batch order: the
-    retrained victim is the no-defense victim, so the two cells agree exactly."""
-    run_plan(_plan(["none", "test-corner"], removal_rate=0.0), tmp_path, CPU)
+def test_removing_nothing_only_scores_and_keeps_the_no_defense_victim(tmp_path, stage_defenses):
+    """At removal rate 0 (detection only) the cell's model is the no-defense victim, not a retrained copy: the
+    scores and detection metrics are there, no victim beyond the grid's is trained, and the two cells agree."""
+    summary = run_plan(_plan(["none", "test-corner"], removal_rate=0.0), tmp_path, CPU)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 4, 0)
     rows = pd.read_csv(tmp_path / "results.csv").query("attack == 'badnet'").set_index("defense")
-    assert rows.loc["test-corner", "n_removed"] == 0
+    assert rows.loc["test-corner", "n_removed"] == 0 and rows.loc["test-corner", "auroc"] > 0.95
+    assert pd.isna(rows.loc["test-corner", "removed_precision"])
     for column in ("ca", "asr", "ca_top5"):
         assert rows.loc["test-corner", column] == rows.loc["none", column]
+    victims = tmp_path / "cache" / "victims"
+    cell_model = next(p for p in victims.iterdir() if (p / SCORES_FILE).exists()
+                      and json.loads((p / "meta.json").read_text())["attack"] == "badnet") / "model.safetensors"
+    victim = load_file(str(victims / rows.loc["none", "victim_key"] / "model.safetensors"))
+    assert load_file(str(cell_model)).keys() == victim.keys()
+    assert all(torch.equal(tensor, victim[name]) for name, tensor in load_file(str(cell_model)).items())
+
+
+def test_a_detection_only_grid_is_planned_without_retraining(stage_defenses):
+    from benchmark.runner.cost import grid_cost
+
+    scoring, retraining = (grid_cost(_plan(["none", "test-corner"], removal_rate=rate), None, 1, 50)
+                           for rate in (0.0, 0.1))
+    assert (scoring.victims, scoring.stage_victims) == (2, 0) and (retraining.victims, retraining.stage_victims) == (4, 2)
+    assert scoring.passes < retraining.passes
 
 
 def test_a_detector_with_bad_scores_fails_alone(tmp_path, stage_defenses):
@@ -242,3 +259,16 @@ def test_sigkill_during_a_training_stage_then_rerun_equals_an_uninterrupted_run(
     b = pd.read_csv(resumed / "results.csv").sort_values("cell_id").reset_index(drop=True)
     assert len(b) == 8 and b.cell_id.is_unique and (b.status == "ok").all()
     pd.testing.assert_frame_equal(a[["cell_id", *METRIC_COLUMNS]], b[["cell_id", *METRIC_COLUMNS]])
+
+
+def test_validate_says_a_detection_only_sweep_point_trains_no_victim(stage_defenses):
+    from benchmark.validate import validate
+
+    report = validate(load_preset(str(TEST_PRESET)), "badnet", "none,test-corner", [0],
+                      sweeps=("detection.removal_rate=0,0.1",))
+    assert report.ok
+    assert any("defense test-corner (data stage): scores the 512 training pairs and removes none "
+               "(detection.removal_rate 0: detection only" in line for line in report.lines)
+    # the benign and BadNet victims, and one retrained victim per attack at the 10% point only
+    assert any(line.startswith("sweep over detection.removal_rate: 2 points") and "4 distinct victims" in line
+               for line in report.lines)

@@ -6,7 +6,7 @@ view of every pair), a cell is ``clean_pairs × epochs × passes_per_pair`` of i
 (every test image twice, forward only, counted as a third of a pass each). A training-stage defense's cell
 trains a victim of its own (``train_pairs × epochs × passes_per_pair``); a data-stage defense's scores the
 training pairs (a forward pass each) and retrains the victim on the pairs it keeps; both are counted as
-victims to train. A preset whose victims start from a clean model trained here adds that model once per run
+victims to train (a detector whose budget removes nothing only scores: its model is the victim itself). A preset whose victims start from a clean model trained here adds that model once per run
 (``[pretrain] pairs × epochs`` passes, before any victim, so on one worker). What the output folder already
 holds (recorded rows, cached victims and cells) is not counted. The speed is this machine's: the victims this
 folder already trained (their recorded images per second), or else a few training steps of the preset's model
@@ -103,12 +103,13 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
             passes += preset.data.clean_pairs * cell.train_recipe.epochs * defense.passes_per_pair()
         elif (store is None or store.victim_meta(cell.trained_key) is None) and cell.trained_key not in counted:
             counted.add(cell.trained_key)
-            stage_victims += 1
+            stage_victims += cell.trains_model(preset.data.train_pairs)
             if cell.stage == "training":
                 passes += preset.data.train_pairs * preset.victim.epochs * defense.passes_per_pair()
             else:
                 passes += preset.data.train_pairs * EVAL_PASS_COST
-                passes += victim_passes(preset) * (1 - cell.removal_rate)
+                if cell.trains_model(preset.data.train_pairs):
+                    passes += victim_passes(preset) * (1 - cell.removal_rate)
     pretrained, pretrain_passes = 0, 0.0
     if preset.trains_clean_model and (victims or stage_victims):
         key = pretrained_key(preset)

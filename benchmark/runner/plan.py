@@ -32,6 +32,7 @@ from benchmark.config import config_dict
 from benchmark.errors import UserError
 from benchmark.data.resolve import resolve_preset
 from benchmark.data.source_splits import streamed_splits
+from benchmark.detection_metrics import removal_count
 from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, DEFENSE_STAGES, REFERENCE_DEFENSE
@@ -89,6 +90,12 @@ class CellSpec:
         """The cell's id in ``results.csv``: its cache key, or with a sweep, the key and the point (a cell that
         several points share is computed once, under :attr:`key`, and recorded once per point)."""
         return self.key if not self.sweep else content_key("row", self.key, list(map(list, self.sweep)))
+
+    def trains_model(self, train_pairs: int) -> bool:
+        """Whether the cell trains a model of its own: a training-stage defense always; a detector when its budget
+        removes some of the ``train_pairs`` (removing none, it only scores, and its model is the victim)."""
+        return self.stage == "training" or (self.stage == "data"
+                                            and removal_count(self.removal_rate or 0.0, train_pairs) > 0)
 
     @property
     def recipe(self) -> dict[str, Any] | None:

@@ -8,6 +8,8 @@
   and seed (the group's, already trained) and the poisoned pairs; the runner removes the highest-scored
   ``removal_rate`` of the pairs, retrains the victim from the same initialisation with its own objective and
   recipe on the rest, and scores the detection against the poison manifest (which the detector never sees).
+  When the budget removes nothing (``removal_rate`` 0: detection only, as Huang et al. evaluate), the model is
+  the no-defense victim itself, since retraining on every pair would repeat its run: the cell costs the scoring.
 
 The model, its meta (training time, and for a detector what was removed) and a detector's scores are saved
 under ``victims/<trained_key>/`` like a victim, complete only once the meta exists, so a rerun after a kill
@@ -86,13 +88,18 @@ class StageRun:
         else:
             scores = self.scores(defense, victim_model, pairs, context)
             removed = removed_indices(scores, cell.removal_rate)
-            keep = torch.ones(len(pairs), dtype=torch.bool)
-            keep[removed] = False
-            stats = train_victim(model, pairs.subset(torch.nonzero(keep).squeeze(1)), preset.victim,
-                                 tokenizer_for(preset.model.name), spec.seed, group.device, reporter=group.reporter,
-                                 description=f"victim {spec.attack} s{spec.seed} without {cell.defense}'s top "
-                                             f"{cell.removal_rate:.0%}")
-            meta.update(removed=removed.tolist(), images_per_second=stats.images_per_second)
+            meta["removed"] = removed.tolist()
+            if len(removed):
+                keep = torch.ones(len(pairs), dtype=torch.bool)
+                keep[removed] = False
+                stats = train_victim(model, pairs.subset(torch.nonzero(keep).squeeze(1)), preset.victim,
+                                     tokenizer_for(preset.model.name), spec.seed, group.device,
+                                     reporter=group.reporter, description=f"victim {spec.attack} s{spec.seed} "
+                                                                          f"without {cell.defense}'s top "
+                                                                          f"{cell.removal_rate:.0%}")
+                meta["images_per_second"] = stats.images_per_second
+            else:  # detection only: retraining on every pair would repeat the victim's own run
+                model.load_state_dict(victim_model.state_dict())
             if world().is_main:
                 with atomic_path(self.folder / SCORES_FILE) as tmp:
                     save_file({"scores": scores.contiguous()}, str(tmp))
@@ -100,7 +107,8 @@ class StageRun:
         if world().is_main:
             save_state_dict(model, self.folder / "model.safetensors")
             group.store.save_victim_meta(cell.trained_key, meta)
-        group.summary.victims_trained += 1
+        if cell.stage == "training" or meta["removed"]:
+            group.summary.victims_trained += 1
         return meta
 
     def scores(self, defense: Any, victim_model: nn.Module, pairs: Any, context: DefenseContext) -> torch.Tensor:
