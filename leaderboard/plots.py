@@ -28,7 +28,8 @@ GREY = "#999999"
 FIGURES = {"pareto": "Pareto view: mean CA against worst-case ASR per defense",
            "tradeoff": "CA against ASR per attack", "asr_heatmap": "ASR by attack and defense",
            "asr_seeds": "ASR of every seed per attack and defense", "ca_cost": "CA cost on the benign control",
-           "sweeps": "ASR and CA against each swept setting: mean over seeds, band = 95% interval of the mean"}
+           "sweeps": "ASR, CA and a detector's AUROC against each swept setting: mean over seeds, band = 95% "
+                     "interval of the mean"}
 
 
 def text(value: object) -> str:

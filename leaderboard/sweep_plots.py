@@ -1,5 +1,5 @@
-"""A sweep's curves (:mod:`benchmark.sweeps`): for each swept key of a preset, ASR and CA against its values, one
-line per (attack, defense), the band the 95% Student-t interval of the mean over seeds.
+"""A sweep's curves (:mod:`benchmark.sweeps`): for each swept key of a preset, ASR and CA (and a detector's AUROC)
+against its values, one line per (attack, defense), the band the 95% Student-t interval of the mean over seeds.
 
 Rows carry their point in the ``sweep`` column; a point's rows form their own setting on the leaderboard
 (``fmnist-tiny [defenses.cleanclip.inmodal_weight=2]``), so each point's ΔASR is against its own no-defense
@@ -17,10 +17,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from benchmark.results import BENIGN_ATTACK, sweep_label
+from benchmark.results import sweep_label
 from leaderboard.aggregate import mean_interval
 
 LINESTYLES = ["-", "--", ":", "-."]
+PANEL_METRICS = {"asr": "ASR", "ca": "CA", "auroc": "AUROC"}  # results column: panel title
 LOG_AXIS_SPAN = 10  # all values positive and max / min at least this: a log x axis
 
 
@@ -54,14 +55,18 @@ def sweep_curves(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
 
 
 def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> plt.Figure | None:
-    """One row of panels (ASR, CA) per (preset, swept key); None without a sweep."""
+    """One row of panels per (preset, swept key): ASR, CA and, where a detector's rows carry it, its AUROC
+    against the poison manifest (the panel a detection-only sweep is read from: there ASR and CA are the
+    victim's at every value); None without a sweep."""
     rows = sweep_rows(per_seed)
     if rows.empty:
         return None
     panels = sweep_curves(rows)
-    figure, axes = plt.subplots(len(panels), 2, figsize=(10, 3.4 * len(panels)), squeeze=False)
+    metrics = [metric for metric in PANEL_METRICS if metric != "auroc" or _has(rows, "auroc")]
+    figure, axes = plt.subplots(len(panels), len(metrics), figsize=(5 * len(metrics), 3.4 * len(panels)),
+                                squeeze=False)
     attacks = sorted(rows["attack"].unique())
-    for (base, key, mine), (asr_axis, ca_axis) in zip(panels, axes):
+    for (base, key, mine), row_axes in zip(panels, axes):
         values = list(dict.fromkeys(mine["value"]))
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         position = {v: (float(v) if numeric else i) for i, v in enumerate(values)}
@@ -70,8 +75,8 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
             label = f"{attack} × {defense}" + (f" ({others})" if others else "")
             style = LINESTYLES[attacks.index(attack) % len(LINESTYLES)]
             by_value = line.groupby("value", sort=False)
-            for metric, axis in (("asr", asr_axis), ("ca", ca_axis)):
-                if metric == "asr" and attack == BENIGN_ATTACK:
+            for metric, axis in zip(metrics, row_axes):
+                if not _has(line, metric):  # the benign control's ASR, a non-detector's AUROC
                     continue
                 stats = sorted((position[v], *mean_interval(group[metric])) for v, group in by_value)
                 x = np.array([s[0] for s in stats])
@@ -79,9 +84,10 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
                 axis.plot(x, mean, linestyle=style, marker=marker, color=colour, label=label)
                 if np.isfinite(low).any():
                     axis.fill_between(x, np.clip(low, 0, 1), np.clip(high, 0, 1), color=colour, alpha=0.15, linewidth=0)
-        for axis, metric in ((asr_axis, "ASR"), (ca_axis, "CA")):
-            axis.set(xlabel=key.replace("$", r"\$"), ylabel=metric, ylim=(-0.03, 1.03),
-                     title=f"{metric} ({base})".replace("$", r"\$"))
+        for axis, metric in zip(row_axes, metrics):
+            name = PANEL_METRICS[metric]
+            axis.set(xlabel=key.replace("$", r"\$"), ylabel=name, ylim=(-0.03, 1.03),
+                     title=f"{name} ({base})".replace("$", r"\$"))
             if not numeric:
                 axis.set_xticks(range(len(values)), [str(v).replace("$", r"\$") for v in values])
             elif log_axis(values):
@@ -89,6 +95,13 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
                 axis.set_xticks(sorted(position.values()), [f"{v:g}" for v in sorted(values)], minor=False)
                 axis.minorticks_off()
             axis.grid(alpha=0.3)
-        ca_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+        drawn = [axis for axis in row_axes if axis.lines]
+        for axis in row_axes:
+            axis.set_visible(axis in drawn or axis is row_axes[1])  # no AUROC panel in a row with no detector
+        (drawn or [row_axes[1]])[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     figure.tight_layout()
     return figure
+
+
+def _has(rows: pd.DataFrame, metric: str) -> bool:
+    return metric in rows and bool(rows[metric].notna().any())

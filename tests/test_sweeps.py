@@ -144,6 +144,18 @@ def test_a_sweep_spanning_a_factor_of_ten_or_more_is_drawn_on_a_log_axis(values,
         assert [label.get_text() for label in asr_axis.get_xticklabels()] == [str(v) for v in values]
 
 
+def test_a_detectors_sweep_gets_an_auroc_panel_and_other_sweeps_do_not():
+    rows = _swept_rows("defenses.detect-kdist.k", [8, 16, 32])
+    detector = rows.assign(defense="detect-kdist", auroc=[0.6, 0.62, 0.7, 0.74, 0.9, 0.88])
+    figure = sweep_figure(pd.concat([rows, detector]), {})
+    asr_axis, ca_axis, auroc_axis = figure.axes
+    assert auroc_axis.get_title() == "AUROC (p)" and auroc_axis.get_visible()
+    (line,) = auroc_axis.lines  # the detector's alone: the no-defense rows have no AUROC
+    assert list(line.get_xdata()) == [8, 16, 32] and list(line.get_ydata()) == pytest.approx([0.61, 0.72, 0.89])
+    assert len(asr_axis.lines) == len(ca_axis.lines) == 2
+    assert len(sweep_figure(rows, {}).axes) == 2
+
+
 def test_the_trends_script_reads_each_points_cells_and_correlates_them(swept):
     out, _ = swept
     printed = subprocess.run([sys.executable, str(TRENDS_SCRIPT), str(out), "--defense", "finetune"], check=True,
