@@ -3,6 +3,10 @@ t-interval, and the ASR of every seed beside it, as Markdown.
 
     cleanbench leaderboard RUN... --out LB
     python benchmarks/study_table.py LB RUN... [--defenses none,finetune,cleanclip]
+    python benchmarks/study_table.py LB --detection [--defenses detect-kdist]
+
+``--detection`` prints the detectors' table instead (``LB/detection.csv``: AUROC, AUPRC, TPR at 1% and 5% FPR and
+the removed pairs' precision and recall, mean over seeds [95% t-interval]).
 
 Attacks come in the order: benign control, the paper's four, then the rest alphabetically; defenses: the
 built-ins, then plugins. A column for the setting appears when the runs hold more than one (e.g. a preset and
@@ -60,10 +64,36 @@ def main(folder: str, runs: list[str], defenses: list[str] | None = None) -> Non
                       f"{interval(r.ca_mean, r.ca_ci_low, r.ca_ci_high)} | {asr} | {seeds} |")
 
 
+def detection(folder: str, defenses: list[str] | None = None) -> None:
+    table = pd.read_csv(f"{folder}/detection.csv")
+    if defenses:
+        table = table[table.defense.isin(defenses)]
+    settings = sorted(table.preset.unique(), key=natural)
+    several = len(settings) > 1
+    metrics = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall"]
+    print(("| setting " if several else "") + "| attack | detector | seeds | AUROC | AUPRC | TPR at 1% FPR | "
+          "TPR at 5% FPR | removed: precision | removed: recall |")
+    print(("|---" if several else "") + "|---|---|---|---|---|---|---|---|---|")
+    for setting in settings:
+        here = table[table.preset == setting]
+        for attack in ordered(here.attack, PAPER_ATTACKS):
+            for _, r in here[here.attack == attack].sort_values("defense").iterrows():
+                cells = " | ".join(interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in metrics)
+                print(("| " + setting + " " if several else "") + f"| {attack} | {r.defense} | {int(r.n_seeds)} | "
+                      f"{cells} |")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("leaderboard", help="the folder `cleanbench leaderboard --out` wrote")
-    parser.add_argument("runs", nargs="+", help="the run folders the leaderboard was made from")
+    parser.add_argument("runs", nargs="*", help="the run folders the leaderboard was made from")
     parser.add_argument("--defenses", help="comma-separated: keep only these defenses")
+    parser.add_argument("--detection", action="store_true", help="the detectors' table (detection.csv) instead")
     args = parser.parse_args()
-    main(args.leaderboard, args.runs, args.defenses.split(",") if args.defenses else None)
+    chosen = args.defenses.split(",") if args.defenses else None
+    if args.detection:
+        detection(args.leaderboard, chosen)
+    elif not args.runs:
+        parser.error("the run folders are needed for the CA/ASR table (or give --detection)")
+    else:
+        main(args.leaderboard, args.runs, chosen)

@@ -4,6 +4,9 @@ detection table with intervals over seeds."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -113,6 +116,17 @@ def test_the_leaderboard_shows_the_stage_and_the_detection_table(tmp_path):
     assert set(board.loc[board.defense == "detect-x", "stage"]) == {"data"}
     detection = pd.read_csv(tmp_path / "detection.csv")
     assert detection.auroc_mean.tolist() == pytest.approx([0.95])
+
+
+def test_the_study_table_prints_the_detection_table_with_its_intervals(tmp_path):
+    write_results(tmp_path / "results.csv", _detector_rows())
+    write_leaderboard([tmp_path / "results.csv"], quiet=True)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "study_table.py"
+    printed = subprocess.run([sys.executable, str(script), str(tmp_path), "--detection"], check=True,
+                             capture_output=True, text=True).stdout.splitlines()
+    row = pd.read_csv(tmp_path / "detection.csv").iloc[0]
+    assert len(printed) == 3 and printed[2].startswith("| badnet | detect-x | 3 | 0.950 [")
+    assert f"0.950 [{row.auroc_ci_low:.3f}, 1]" in printed[2] and "| 0.700 [" in printed[2]
 
 
 def test_a_row_with_an_unknown_stage_is_refused_with_its_place(tmp_path):
