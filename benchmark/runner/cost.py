@@ -6,8 +6,9 @@ view of every pair), a cell is ``clean_pairs × epochs × passes_per_pair`` of i
 (every test image twice, forward only, counted as a third of a pass each). A training-stage defense's cell
 trains a victim of its own (``train_pairs × epochs × passes_per_pair``); a data-stage defense's scores the
 training pairs (a forward pass each) and retrains the victim on the pairs it keeps; both are counted as
-victims to train (a detector whose budget removes nothing only scores: its model is the victim itself). A preset whose victims start from a clean model trained here adds that model once per run
-(``[pretrain] pairs × epochs`` passes, before any victim, so on one worker). What the output folder already
+victims to train (a detector whose budget removes nothing only scores: its model is the victim itself). A preset
+whose victims start from a clean model trained here adds that model once per run (``[pretrain] pairs × epochs``
+passes, before any victim, so on one worker). What the output folder already
 holds (recorded rows, cached victims and cells) is not counted. The speed is this machine's: the victims this
 folder already trained (their recorded images per second), or else a few training steps of the preset's model
 measured on the spot. Jobs spread over the workers, so the estimate divides by the workers that have a job; it
