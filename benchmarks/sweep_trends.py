@@ -9,7 +9,9 @@ column flat. ρ is over every seed's cell (not the means), its p-value the two-s
 ASRs tied it is undefined (—); read it with the ASR's range over the values, since a rank correlation also
 orders differences of a thousandth. ``CA cost`` is the benign control's CA with no defense minus its CA after the
 defense, at the same value. With several swept keys, each curve holds the others fixed and its setting names
-them. Only cells with status ok count.
+them. Only cells with status ok count. For a detector (``--defense detect-kdist``) the tables add its AUROC
+against the poison manifest and ρ(value, AUROC): in a detection-only sweep (``detection.removal_rate=0``) the ASR
+and CA are the victim's at every value, and the AUROC is the curve.
 """
 import argparse
 
@@ -54,11 +56,14 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
                         - benign[(benign["value"] == value) & (benign["defense"] == defense)]["ca"].mean())
                 points.append({"setting": setting, "swept": key, "attack": attack, "value": value,
                                "seeds": len(at), "asr_reference": ref["asr"].mean(), "asr": at["asr"].mean(),
-                               "ca": at["ca"].mean(), "ca_cost": cost})
+                               "ca": at["ca"].mean(), "ca_cost": cost, "auroc": at["auroc"].mean()})
+            scored = defended.dropna(subset=["auroc"])
             lines.append({"setting": setting, "swept": key, "attack": attack,
                           "rho_asr": rank_correlation(defended["value"], defended["asr"]),
                           "rho_asr_reference": rank_correlation(reference["value"], reference["asr"]),
-                          "asr_range": spread(defended, "asr"), "ca_range": spread(defended, "ca")})
+                          "asr_range": spread(defended, "asr"), "ca_range": spread(defended, "ca"),
+                          "rho_auroc": rank_correlation(scored["value"], scored["auroc"]),
+                          "auroc_range": spread(scored, "auroc")})
     return pd.DataFrame(points), pd.DataFrame(lines)
 
 
@@ -67,19 +72,22 @@ def main(runs: list[str], defense: str) -> None:
     if points.empty:
         print("no sweep rows of an attack in these runs (the benign control alone has no ASR to follow)")
         return
+    detector = bool(points["auroc"].notna().any())
     print(f"| setting | swept | attack | value | seeds | ASR, no defense | ASR, {defense} | CA, {defense} | "
-          f"CA cost of {defense} (benign) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"CA cost of {defense} (benign) |" + (f" AUROC of {defense} |" if detector else ""))
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|" if detector else ""))
     for r in points.itertuples():
         print(f"| {r.setting} | {r.swept} | {r.attack} | {r.value} | {r.seeds} | {number(r.asr_reference)} | "
-              f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |")
+              f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |" + (f" {number(r.auroc)} |" if detector else ""))
     print()
     print(f"| setting | swept | attack | ρ(value, ASR after {defense}) | ρ(value, ASR with no defense) | "
-          f"ASR after {defense}: max − min over values | CA after {defense}: max − min |")
-    print("|---|---|---|---|---|---|---|")
+          f"ASR after {defense}: max − min over values | CA after {defense}: max − min |"
+          + (" ρ(value, AUROC) | AUROC: max − min |" if detector else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if detector else ""))
     for r in lines.itertuples():
         print(f"| {r.setting} | {r.swept} | {r.attack} | {r.rho_asr} | {r.rho_asr_reference} | "
-              f"{number(r.asr_range)} | {number(r.ca_range)} |")
+              f"{number(r.asr_range)} | {number(r.ca_range)} |"
+              + (f" {r.rho_auroc} | {number(r.auroc_range)} |" if detector else ""))
 
 
 if __name__ == "__main__":

@@ -43,11 +43,14 @@ def sweep_rows(per_seed: pd.DataFrame) -> pd.DataFrame:
 
 def sweep_curves(rows: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
     """Each (setting, swept key) of :func:`sweep_rows`' rows, with its rows and two columns: ``value`` (the key's
-    value) and ``others`` (the other swept keys' values as a label: a curve holds them fixed)."""
+    value) and ``others`` (the other swept keys' values as a label: a curve holds them fixed). A key swept over a
+    single value (``--sweep detection.removal_rate=0``, a setting for the whole run) has no curve."""
     curves = []
     for base, key in sorted({(base, key) for base, point in zip(rows["base"], rows["point"]) for key in point}):
         mine = rows[(rows["base"] == base) & rows["point"].map(lambda point, key=key: key in point)].copy()
         mine["value"] = mine["point"].map(lambda point, key=key: point[key])
+        if mine["value"].map(json.dumps).nunique() < 2:
+            continue
         mine["others"] = mine["point"].map(
             lambda point, key=key: sweep_label({k: v for k, v in point.items() if k != key}))
         curves.append((base, key, mine))
@@ -59,9 +62,9 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
     against the poison manifest (the panel a detection-only sweep is read from: there ASR and CA are the
     victim's at every value); None without a sweep."""
     rows = sweep_rows(per_seed)
-    if rows.empty:
+    panels = sweep_curves(rows) if not rows.empty else []
+    if not panels:
         return None
-    panels = sweep_curves(rows)
     metrics = [metric for metric in PANEL_METRICS if metric != "auroc" or _has(rows, "auroc")]
     figure, axes = plt.subplots(len(panels), len(metrics), figsize=(5 * len(metrics), 3.4 * len(panels)),
                                 squeeze=False)

@@ -18,8 +18,10 @@ from benchmark.errors import UserError
 from benchmark.presets import load_preset
 from benchmark.runner import plan_grid
 from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
+from leaderboard.load import load_results
 from leaderboard.sweep_plots import sweep_figure
 from tests.helpers import TEST_PRESET
+from tests.results_rows import make_row, write_results
 
 SWEEP = "defenses.finetune.epochs=1,2"
 TRENDS_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "sweep_trends.py"
@@ -187,3 +189,24 @@ def test_with_two_swept_keys_each_trend_holds_the_other_key_fixed(swept, tmp_pat
     assert sorted(epochs_curves.setting) == ["fmnist-test [victim.epochs=1]", "fmnist-test [victim.epochs=2]"]
     at = points[(points.swept == "defenses.finetune.epochs") & (points.value == 1)].set_index("setting").asr
     assert at["fmnist-test [victim.epochs=2]"] == pytest.approx(at["fmnist-test [victim.epochs=1]"] * 0.5)
+
+
+def test_a_detection_only_k_sweep_is_read_as_an_auroc_curve(tmp_path):
+    """Two swept keys, one of them a single value for the whole run (removal rate 0): only k makes a curve, and
+    the detector's AUROC is followed along it (ASR and CA are the victim's at every k)."""
+    rows = []
+    for k, aurocs in ((8, (0.6, 0.7)), (16, (0.7, 0.8)), (64, (0.9, 0.95))):
+        point = {"detection.removal_rate": 0, "defenses.detect-x.k": k}
+        for seed, auroc in enumerate(aurocs):
+            extra = {"preset": "fmnist-test", "sweep": json.dumps(point)}
+            rows += [make_row("badnet", "none", seed, 0.8, 0.95, **extra, cell_id=f"n{k}{seed}"),
+                     make_row("badnet", "detect-x", seed, 0.8, 0.95, **extra, cell_id=f"d{k}{seed}", stage="data",
+                              removal_rate=0.0, auroc=auroc, n_removed=0)]
+    write_results(tmp_path / "run" / "results.csv", rows)
+    points, lines = _trends([str(tmp_path / "run")], "detect-x")
+    assert list(lines.swept) == ["defenses.detect-x.k"]  # the one-valued removal rate is not a curve
+    assert points.set_index("value").auroc.to_dict() == pytest.approx({8: 0.65, 16: 0.75, 64: 0.925})
+    # Pearson's r of the ranks (k: 1.5 1.5 3.5 3.5 5.5 5.5; AUROC: 1 2.5 2.5 4 5 6) = 15 / √(16 · 17)
+    assert lines.iloc[0].rho_auroc.startswith("+0.91 (") and lines.iloc[0].auroc_range == pytest.approx(0.275)
+    figure = sweep_figure(load_results([tmp_path / "run" / "results.csv"]), {})
+    assert [axis.get_title().split(" (")[0] for axis in figure.axes] == ["ASR", "CA", "AUROC"]
