@@ -155,6 +155,8 @@ def test_a_detectors_sweep_gets_an_auroc_panel_and_other_sweeps_do_not():
     (line,) = auroc_axis.lines  # the detector's alone: the no-defense rows have no AUROC
     assert list(line.get_xdata()) == [8, 16, 32] and list(line.get_ydata()) == pytest.approx([0.61, 0.72, 0.89])
     assert len(asr_axis.lines) == len(ca_axis.lines) == 2
+    legend = [text.get_text() for text in auroc_axis.get_legend().get_texts()]
+    assert sorted(legend) == ["badnet × detect-kdist", "badnet × none"]  # every line of the row, once
     assert len(sweep_figure(rows, {}).axes) == 2
 
 
