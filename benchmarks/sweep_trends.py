@@ -49,6 +49,8 @@ def trends(runs: list[str], defense: str) -> tuple[pd.DataFrame, pd.DataFrame]:
             benign = mine[(mine["attack"] == BENIGN_ATTACK) & (mine["others"] == others)]
             setting = f"{base} [{others}]" if others else base
             reference, defended = cells[cells["defense"] == NO_DEFENSE], cells[cells["defense"] == defense]
+            if defended.empty:  # a curve of another defense's setting, on which this one was not run
+                continue
             for value in sorted(cells["value"].unique()):
                 at = defended[defended["value"] == value]
                 ref = reference[reference["value"] == value]

@@ -210,5 +210,6 @@ def test_a_detection_only_k_sweep_is_read_as_an_auroc_curve(tmp_path):
     assert points.set_index("value").auroc.to_dict() == pytest.approx({8: 0.65, 16: 0.75, 64: 0.925})
     # Pearson's r of the ranks (k: 1.5 1.5 3.5 3.5 5.5 5.5; AUROC: 1 2.5 2.5 4 5 6) = 15 / √(16 · 17)
     assert lines.iloc[0].rho_auroc.startswith("+0.91 (") and lines.iloc[0].auroc_range == pytest.approx(0.275)
+    assert _trends([str(tmp_path / "run")], "detect-y")[1].empty  # its k is another detector's: no curve of its own
     figure = sweep_figure(load_results([tmp_path / "run" / "results.csv"]), {})
     assert [axis.get_title().split(" (")[0] for axis in figure.axes] == ["ASR", "CA", "AUROC"]
