@@ -80,7 +80,8 @@ def main(runs: list[str], defense: str) -> None:
     print("|---|---|---|---|---|---|---|---|---|" + ("---|" if detector else ""))
     for r in points.itertuples():
         print(f"| {r.setting} | {r.swept} | {r.attack} | {r.value} | {r.seeds} | {number(r.asr_reference)} | "
-              f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |" + (f" {number(r.auroc)} |" if detector else ""))
+              f"{number(r.asr)} | {number(r.ca)} | {number(r.ca_cost)} |"
+              + (f" {number(r.auroc)} |" if detector else ""))
     print()
     print(f"| setting | swept | attack | ρ(value, ASR after {defense}) | ρ(value, ASR with no defense) | "
           f"ASR after {defense}: max − min over values | CA after {defense}: max − min |"

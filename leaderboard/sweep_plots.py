@@ -100,7 +100,7 @@ def sweep_figure(per_seed: pd.DataFrame, styles: dict[str, tuple[str, str]]) -> 
             axis.grid(alpha=0.3)
         drawn = [axis for axis in row_axes if axis.lines]
         for axis in row_axes:
-            axis.set_visible(axis in drawn or axis is row_axes[1])  # no AUROC panel in a row with no detector
+            axis.set_visible(axis in drawn or axis is row_axes[1])  # an empty panel (AUROC without a detector) hides
         legend = {label: handle for axis in drawn for handle, label in zip(*axis.get_legend_handles_labels())}
         (drawn or [row_axes[1]])[-1].legend(legend.values(), legend.keys(), fontsize=7, loc="center left",
                                             bbox_to_anchor=(1.0, 0.5), frameon=False)

@@ -194,7 +194,8 @@ def test_a_detection_only_grid_is_planned_without_retraining(stage_defenses):
 
     scoring, retraining = (grid_cost(_plan(["none", "test-corner"], removal_rate=rate), None, 1, 50)
                            for rate in (0.0, 0.1))
-    assert (scoring.victims, scoring.stage_victims) == (2, 0) and (retraining.victims, retraining.stage_victims) == (4, 2)
+    assert (scoring.victims, scoring.stage_victims) == (2, 0)
+    assert (retraining.victims, retraining.stage_victims) == (4, 2)
     assert scoring.passes < retraining.passes
 
 
