@@ -18,6 +18,7 @@ import re
 
 import pandas as pd
 
+from leaderboard.detection import DETECTION_METRICS
 from leaderboard.html import number
 from leaderboard.load import load_results
 
@@ -70,7 +71,6 @@ def detection(folder: str, defenses: list[str] | None = None) -> None:
         table = table[table.defense.isin(defenses)]
     settings = sorted(table.preset.unique(), key=natural)
     several = len(settings) > 1
-    metrics = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall"]
     print(("| setting " if several else "") + "| attack | detector | seeds | AUROC | AUPRC | TPR at 1% FPR | "
           "TPR at 5% FPR | removed: precision | removed: recall |")
     print(("|---" if several else "") + "|---|---|---|---|---|---|---|---|---|")
@@ -78,7 +78,7 @@ def detection(folder: str, defenses: list[str] | None = None) -> None:
         here = table[table.preset == setting]
         for attack in ordered(here.attack, PAPER_ATTACKS):
             for _, r in here[here.attack == attack].sort_values("defense").iterrows():
-                cells = " | ".join(interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in metrics)
+                cells = " | ".join(interval(r[f"{m}_mean"], r[f"{m}_ci_low"], r[f"{m}_ci_high"]) for m in DETECTION_METRICS)
                 print(("| " + setting + " " if several else "") + f"| {attack} | {r.defense} | {int(r.n_seeds)} | "
                       f"{cells} |")
 

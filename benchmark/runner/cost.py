@@ -104,12 +104,13 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
             passes += preset.data.clean_pairs * cell.train_recipe.epochs * defense.passes_per_pair()
         elif (store is None or store.victim_meta(cell.trained_key) is None) and cell.trained_key not in counted:
             counted.add(cell.trained_key)
-            stage_victims += cell.trains_model(preset.data.train_pairs)
+            trains = cell.trains_model(preset.data.train_pairs)
+            stage_victims += trains
             if cell.stage == "training":
                 passes += preset.data.train_pairs * preset.victim.epochs * defense.passes_per_pair()
             else:
                 passes += preset.data.train_pairs * EVAL_PASS_COST
-                if cell.trains_model(preset.data.train_pairs):
+                if trains:
                     passes += victim_passes(preset) * (1 - cell.removal_rate)
     pretrained, pretrain_passes = 0, 0.0
     if preset.trains_clean_model and (victims or stage_victims):

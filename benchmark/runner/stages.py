@@ -75,6 +75,7 @@ class StageRun:
         preset = group.plan.preset
         start = time.perf_counter()
         pairs = group.poisoned_pairs(spec, self.victim.attack)
+        trains = cell.trains_model(len(pairs))  # a detector removing nothing keeps the victim (module docstring)
         model = initial_model(preset, spec.seed, group.store)
         model.to(group.device)
         meta: dict[str, Any] = {"attack": spec.attack, "seed": spec.seed, "defense": cell.defense,
@@ -89,7 +90,7 @@ class StageRun:
             scores = self.scores(defense, victim_model, pairs, context)
             removed = removed_indices(scores, cell.removal_rate)
             meta["removed"] = removed.tolist()
-            if len(removed):
+            if trains:
                 keep = torch.ones(len(pairs), dtype=torch.bool)
                 keep[removed] = False
                 stats = train_victim(model, pairs.subset(torch.nonzero(keep).squeeze(1)), preset.victim,
@@ -98,7 +99,7 @@ class StageRun:
                                                                           f"without {cell.defense}'s top "
                                                                           f"{cell.removal_rate:.0%}")
                 meta["images_per_second"] = stats.images_per_second
-            else:  # detection only: retraining on every pair would repeat the victim's own run
+            else:
                 model.load_state_dict(victim_model.state_dict())
             if world().is_main:
                 with atomic_path(self.folder / SCORES_FILE) as tmp:
@@ -107,8 +108,7 @@ class StageRun:
         if world().is_main:
             save_state_dict(model, self.folder / "model.safetensors")
             group.store.save_victim_meta(cell.trained_key, meta)
-        if cell.stage == "training" or meta["removed"]:
-            group.summary.victims_trained += 1
+        group.summary.victims_trained += trains
         return meta
 
     def scores(self, defense: Any, victim_model: nn.Module, pairs: Any, context: DefenseContext) -> torch.Tensor:
