@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 16's study, the part not yet run: every defense of the three stages on fmnist-tiny, three seeds, in parts
+# that each fit one session of 2 cores (a machine's cache does not outlive its session, so no part counts on
+# another's victims; each trains the victims it needs). Resumable within a part: rerun the same command after a kill.
+#
+#   bash benchmarks/stages16.sh PART OUT
+#
+#   badclip   BadCLIP (the attack built to survive CleanCLIP) against every defense, with the benign control's cells
+#   sig       SIG against every defense, with the benign control's cells (shared with `badclip` in one OUT)
+#   safeclip  SafeCLIP on the benign control and the six attacks whose other cells are done (the paper's four, the
+#             watermark and triangles); trains their no-defense victims for the ASR reference
+#
+# stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
+# be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time
+# and trains nothing. When a part is done, commit OUT/results.csv as benchmarks/results/rows/stages16-PART-DATE.csv:
+# `cleanbench leaderboard benchmarks/results/rows/stages16-*.csv --out LB` then rebuilds the study's tables.
+set -euo pipefail
+part=${1:?usage: stages16.sh badclip|sig|safeclip OUT}
+out=${2:?usage: stages16.sh badclip|sig|safeclip OUT}
+every_defense=none,finetune,cleanclip,par,detect-kdist,detect-slof,detect-dao,roclip,safeclip
+run() { "${CLEANBENCH:-cleanbench}" "${ACTION:-run}" --preset fmnist-tiny --seeds 0,1,2 --workers "${WORKERS:-2}" \
+    --out "$out" "$@"; }
+case "$part" in
+    badclip) run --attacks badclip --defenses "$every_defense" ;;
+    sig) run --attacks sig --defenses "$every_defense" ;;
+    safeclip) run --attacks badnet,blended,wanet,label-consistent,watermark,triangles --defenses none,safeclip ;;
+    *) echo "unknown part '$part': badclip, sig or safeclip" >&2; exit 2 ;;
+esac
