@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 import benchmark.runner.cost as estimate
 from benchmark.presets import load_preset
@@ -71,6 +72,19 @@ def test_a_clip_ssl_victims_speed_counts_both_views(tmp_path):
 def test_measuring_the_speed_takes_a_few_real_steps():
     speed = estimate.measure_speed(load_preset(str(TEST_PRESET)), threads=1)
     assert 1 < speed < 1e6
+
+
+def test_measuring_uses_the_workers_threads_and_restores_the_callers(monkeypatch):
+    seen = []
+    real_loss = estimate.clip_loss
+    monkeypatch.setattr(estimate, "clip_loss", lambda *args: seen.append(torch.get_num_threads()) or real_loss(*args))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        estimate.measure_speed(load_preset(str(TEST_PRESET)), threads=1)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_validate_prints_the_estimate():

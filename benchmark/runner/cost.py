@@ -150,7 +150,7 @@ def recorded_speed(store: ArtifactStore) -> tuple[float | None, str]:
 def measure_speed(preset: Preset, threads: int, device: torch.device = torch.device("cpu")) -> float:
     """Training images per second of the preset's model on ``device`` with ``threads`` CPU threads: a few CLIP-loss steps on random images and captions (batches of at most ``MEASURED_BATCH``, so a
     large model on a CPU is measured in seconds), after one untimed step."""
-    threads = torch.get_num_threads()
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
         model = create_model(preset.model.name, seed=0).to(device)
@@ -171,7 +171,7 @@ def measure_speed(preset: Preset, threads: int, device: torch.device = torch.dev
             torch.cuda.synchronize(device)
         return MEASURED_STEPS * batch_size / (time.perf_counter() - start)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(previous_threads)
 
 
 def _duration(seconds: float) -> str:
