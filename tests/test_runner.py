@@ -118,6 +118,17 @@ def test_second_run_trains_nothing(finished_run, tmp_path):
     assert (summary.victims_trained, summary.cells_run, summary.cells_skipped) == (0, 0, 4)
 
 
+def test_committed_rows_alone_resume_a_study_in_a_fresh_folder(finished_run, tmp_path):
+    """The README's cross-machine resume: a run's results.csv, copied into an empty folder (no cache), is enough
+    for the runner to skip its cells, so a later session trains only what those rows lack."""
+    out = tmp_path / "fresh"
+    out.mkdir()
+    shutil.copy(finished_run / "results.csv", out / "results.csv")
+    summary = run_plan(_plan(), out, CPU)
+    assert (summary.victims_trained, summary.cells_run, summary.cells_skipped) == (0, 0, 4)
+    assert not (out / "cache" / "victims").exists()
+
+
 def test_lost_rows_are_rebuilt_from_cached_artifacts(finished_run, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(finished_run, out)
