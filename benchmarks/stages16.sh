@@ -13,7 +13,10 @@
 # stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
 # be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time
 # and trains nothing. When a part is done, commit OUT/results.csv as benchmarks/results/rows/stages16-PART-DATE.csv:
-# `cleanbench leaderboard benchmarks/results/rows/stages16-*.csv --out LB` then rebuilds the study's tables.
+# `cleanbench leaderboard benchmarks/results/rows/stages16-*.csv --out LB` then rebuilds the study's tables. A part
+# begun on another machine resumes from its committed rows: copy them to OUT/results.csv before the first command
+# (e.g. `mkdir -p OUT && cp benchmarks/results/rows/stages16-safeclip-2026-12-02.csv OUT/results.csv`); the cells
+# they hold are skipped and only the victims the others need are trained.
 set -euo pipefail
 part=${1:?usage: stages16.sh badclip|sig|safeclip OUT}
 out=${2:?usage: stages16.sh badclip|sig|safeclip OUT}

@@ -8,7 +8,8 @@
 #   bash benchmarks/sweeps18.sh fmnist-tiny-pretrained OUT
 #
 # WORKERS (default 2) sets --workers. Each command prints its planned victims, cells and estimated time first;
-# ACTION=validate prints only that, for every command, and trains nothing.
+# ACTION=validate prints only that, for every command, and trains nothing. Rows committed from an earlier machine
+# resume the study: copy them to OUT/results.csv first, and the cells they hold are skipped.
 set -euo pipefail
 preset=${1:?usage: sweeps18.sh PRESET OUT}
 out=${2:?usage: sweeps18.sh PRESET OUT}
