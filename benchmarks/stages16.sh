@@ -8,7 +8,8 @@
 #   badclip   BadCLIP (the attack built to survive CleanCLIP) against every defense, with the benign control's cells
 #   sig       SIG against every defense, with the benign control's cells (shared with `badclip` in one OUT)
 #   safeclip  SafeCLIP on the benign control and the six attacks whose other cells are done (the paper's four, the
-#             watermark and triangles); trains their no-defense victims for the ASR reference
+#             watermark and triangles); trains their no-defense victims for the ASR reference. Done: its rows are
+#             benchmarks/results/rows/stages16-safeclip-2026-12-02.csv
 #
 # stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
 # be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time
