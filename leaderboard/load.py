@@ -19,14 +19,15 @@ import pandas as pd
 from benchmark.errors import UserError
 from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
-from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, RESULTS_FILE, SCHEMA_VERSION,
-                               UPGRADABLE, sweep_label)
+from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, METRIC_COLUMNS, RESULTS_FILE,
+                               SCHEMA_VERSION, UPGRADABLE, sweep_label)
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads",
                "n_removed")
 FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr_high", "removal_rate",
                     *(column for column in DETECTION_COLUMNS if column != "n_removed"))
 SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
+RESULT_COLUMNS = ("status", *METRIC_COLUMNS, *DETECTION_COLUMNS)  # what two runs of one cell must agree on
 REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
 REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
 ASR_COLUMNS = ("asr", "asr_low", "asr_high")
@@ -48,13 +49,15 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     """Read and validate results files into one typed table.
 
     Adds ``source`` (file) and ``line`` (line number in it) so later messages can point back to the row. Rows
-    with the same ``cell_id`` in several files are the same cell: the last file wins.
+    with the same ``cell_id`` in several files are the same cell: the last file wins, with a warning where their
+    results differ (:func:`_warn_unreproduced`).
     """
     if not paths:
         raise UserError("no results files given")
     raws = [(path, _upgraded(_read_raw(path))) for path in map(resolve_results_path, paths)]
     _check_versions(raws)
     table = pd.concat([_typed(path, raw) for path, raw in raws], ignore_index=True)
+    _warn_unreproduced(table)
     table = table.drop_duplicates("cell_id", keep="last").reset_index(drop=True)
     table["preset"] = setting_names(table)
     _check_conflicts(table)
@@ -200,6 +203,28 @@ def _check_versions(frames: list[tuple[Path, pd.DataFrame]]) -> None:
     if int(version) != SCHEMA_VERSION:
         raise UserError(f"{path} was written with results schema version {version}; "
                         f"this cleanbench reads version {SCHEMA_VERSION}")
+
+
+def _warn_unreproduced(table: pd.DataFrame) -> None:
+    """Warn when one cell (same ``cell_id``: same data, code, config and seed) has different results in two rows.
+
+    Such rows are two runs that did not reproduce each other (another machine's CPU kernels, another thread count,
+    or a nondeterministic method); keeping the last one silently would hide that from a merged leaderboard."""
+    repeated = table[table.duplicated("cell_id", keep=False)]
+    clashes = [group for _, group in repeated.groupby("cell_id", sort=False)
+               if len(group[list(RESULT_COLUMNS)].astype(str).drop_duplicates()) > 1]
+    if not clashes:
+        return
+    first, last = clashes[0].iloc[0], clashes[0].iloc[-1]
+    warnings.warn(f"{len(clashes)} cell(s) have different results in different rows, so one run did not reproduce "
+                  f"the other; the last row is used. E.g. {first['attack']} × {first['defense']} seed {first['seed']}: "
+                  f"CA {_four_places(first['ca'])}, ASR {_four_places(first['asr'])} ({first['source']} line "
+                  f"{first['line']}) against CA {_four_places(last['ca'])}, ASR {_four_places(last['asr'])} "
+                  f"({last['source']} line {last['line']})", stacklevel=3)
+
+
+def _four_places(value: float) -> str:
+    return "—" if pd.isna(value) else f"{value:.4f}"
 
 
 def _check_conflicts(table: pd.DataFrame) -> None:

@@ -219,6 +219,22 @@ def test_two_files_merge_but_conflicting_cells_are_refused(tmp_path):
         load_results([first, clash])
 
 
+def test_one_cell_with_different_results_in_two_files_is_warned_about_and_the_last_is_used(tmp_path):
+    import warnings
+
+    rows = known_rows()
+    first = write_results(tmp_path / "a" / "results.csv", rows)
+    same = write_results(tmp_path / "b" / "results.csv", rows[:2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same cell with the same results, as a rerun gives: nothing to say
+        assert len(load_results([first, same])) == len(rows)
+    rerun = write_results(tmp_path / "c" / "results.csv", [dict(rows[0], ca=rows[0]["ca"] - 0.02), rows[1]])
+    with pytest.warns(UserWarning, match=r"1 cell\(s\) have different results .* did not reproduce") as caught:
+        table = load_results([first, rerun])
+    assert f"line 2) against CA {rows[0]['ca'] - 0.02:.4f}" in str(caught[0].message)
+    assert table.loc[table["cell_id"] == rows[0]["cell_id"], "ca"].item() == pytest.approx(rows[0]["ca"] - 0.02)
+
+
 def test_missing_results_file_is_a_user_error(cli, tmp_path):
     code, _, err = cli("leaderboard", tmp_path / "nowhere")
     assert code == 2 and "no results file at" in err
