@@ -10,7 +10,9 @@ CPU path and its numerics (bitwise-repeatable runs) stay exactly as they are.
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ContextManager, Literal
 
 import torch
@@ -31,6 +33,25 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise UserError(f"--device {name!r} is not understood; choose auto, cpu, cuda or cuda:N")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere :func:`platform.processor`)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def cpu_kind() -> str:
+    """The CPU as far as bitwise repeatability goes: its model and the vector instruction set torch's kernels
+    dispatch to, e.g. ``AMD EPYC (AVX2)``. Another instruction set rounds some kernels' sums differently, and a
+    training run carries such last-bit differences into different weights, so one cell is only bitwise
+    repeatable on the same kind (and thread count); ``verify`` compares within a tolerance elsewhere."""
+    return f"{cpu_model()} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 @dataclass(frozen=True)

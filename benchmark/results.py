@@ -64,6 +64,9 @@ git_commit            commit of the cleanbench checkout, if any
 device                device the cell ran on
 torch_threads         the number of CPU threads torch used for the cell (``verify`` reruns a CPU cell bitwise
                       only at the same count); empty in rows upgraded from schema version 3 or older
+cpu                   the CPU's model and the instruction set torch's kernels dispatched to, e.g. ``AMD EPYC
+                      (AVX2)`` (:func:`benchmark.device.cpu_kind`; ``verify`` compares bitwise only on the same);
+                      empty in rows upgraded from schema version 5 or older
 attack_package,       provenance of the attack (:mod:`benchmark.provenance`): the distribution that provided it
 attack_package_       (``cleanbench`` for built-ins, empty for a plugin file or a module no distribution
 version,              installs), that distribution's version, and the SHA-256 of its source files; all empty for
@@ -97,7 +100,7 @@ RESULTS_FILE = "results.csv"  # in a run's output folder
 GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` draws beside it; the page embeds it
 BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DEFENSE_STAGES = ("post-training", "training", "data")  # a row's ``stage`` (:mod:`defenses.base`)
 
 
@@ -112,29 +115,30 @@ def sweep_label(values: dict[str, Any]) -> str:
 # Columns added since an older version, with the value its rows are read with: version 1 lacked
 # ``defense_recipe``, versions 1-2 ``n_classes``, versions 1-3 ``victim_objective``, ``torch_threads`` and the
 # provenance columns, versions 1-4 ``cache_key``, ``sweep``, ``stage``, ``removal_rate``, the detection metrics
-# and ``victim_init``. Such files are read as the current version (the leaderboard) and, when a run resumes into
-# one, rewritten as it. Version 5 gained columns before it was released: a version-5 file without one of them is
-# read with its default too.
+# and ``victim_init``, versions 1-5 ``cpu``. Such files are read as the current version (the leaderboard) and,
+# when a run resumes into one, rewritten as it. Version 5 gained columns before it was released: a version-5 file
+# without one of them is read with its default too.
 PROVENANCE_COLUMNS = ["attack_package", "attack_package_version", "attack_source_sha256",
                       "defense_package", "defense_package_version", "defense_source_sha256"]
 DETECTION_COLUMNS = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall",
                      "n_removed"]
-_ADDED_IN_5 = {"cache_key": "", "sweep": "", "stage": "post-training", "removal_rate": "",
-               **dict.fromkeys(DETECTION_COLUMNS, ""), "victim_init": "scratch"}
-_ADDED_IN_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, ""),
-               **_ADDED_IN_5}
-UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_ADDED_IN_4},
-              2: {"n_classes": "", **_ADDED_IN_4},
-              3: _ADDED_IN_4,
-              4: _ADDED_IN_5,
-              5: _ADDED_IN_5}  # only the columns such a file lacks are filled (see above)
+# The columns added in version N or later, with their defaults (what a file of an earlier version lacks):
+_SINCE_6 = {"cpu": ""}
+_SINCE_5 = {"cache_key": "", "sweep": "", "stage": "post-training", "removal_rate": "",
+            **dict.fromkeys(DETECTION_COLUMNS, ""), "victim_init": "scratch", **_SINCE_6}
+_SINCE_4 = {"victim_objective": "clip", "torch_threads": "", **dict.fromkeys(PROVENANCE_COLUMNS, ""), **_SINCE_5}
+UPGRADABLE = {1: {"defense_recipe": "", "n_classes": "", **_SINCE_4},
+              2: {"n_classes": "", **_SINCE_4},
+              3: _SINCE_4,
+              4: _SINCE_5,
+              5: _SINCE_5}  # only the columns such a file lacks are filled (see above)
 COLUMNS = [
     "schema_version", "cell_id", "cache_key", "sweep", "preset", "attack", "defense", "seed", "status", "reason",
     "ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered",
     "target", "n_classes", "poison_count", "attack_version", "attack_config", "defense_version", "defense_config", "defense_recipe",
     "stage", "removal_rate", *DETECTION_COLUMNS,
     "model", "victim_objective", "victim_init", "victim_key", "cleanbench_version", "git_commit", "device",
-    "torch_threads",
+    "torch_threads", "cpu",
     "time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s", "finished_at", *PROVENANCE_COLUMNS,
 ]
 METRIC_COLUMNS = ["ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered"]

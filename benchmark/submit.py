@@ -154,24 +154,19 @@ def pip_freeze() -> str:
 
 
 def hardware(rows: list[dict[str, str]]) -> dict[str, Any]:
-    """The machine submitting (CPU model, cores, torch threads and GPUs) and the devices and thread counts the
+    """The machine submitting (CPU model, cores, torch threads and GPUs) and the devices, thread counts and CPUs the
     rows ran with (they may have run elsewhere, e.g. on Slurm)."""
     import torch
 
+    from benchmark.device import cpu_model
+
     return {
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "row_devices": sorted({row["device"] for row in rows}),
         "row_torch_threads": sorted({row["torch_threads"] for row in rows}),
+        "row_cpus": sorted({row.get("cpu", "") for row in rows}),
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()

@@ -8,8 +8,9 @@ is installed under the same name. A bundle may not bring its own code under a bu
 otherwise replace the no-defense reference it is measured against).
 
 The rerun goes through :func:`benchmark.api.run_grid` into a scratch folder, in this process. A cell is compared
-bitwise (every metric column, and the per-image predictions where the bundle has them) when both ran on the
-CPU with the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must agree
+bitwise (every metric column, and the per-image predictions where the bundle has them) when both ran on the same
+kind of CPU (model and the instruction set torch dispatches to: another one rounds some kernels differently) with
+the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must agree
 within a stated absolute tolerance and the image counts exactly. Verifying runs the plugin's code: do it in a
 sandbox for code you do not trust.
 """
@@ -233,8 +234,8 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
 
 def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path, rerun_folder: Path,
                  tolerance: float, same_keys: bool = True) -> CellCheck:
-    """Compare a bundle row with its rerun: bitwise on the CPU at the same thread count, else within
-    ``tolerance``."""
+    """Compare a bundle row with its rerun: bitwise on the same kind of CPU (:func:`benchmark.device.cpu_kind`) at
+    the same thread count, else within ``tolerance``."""
     def check(verified: bool, detail: str) -> CellCheck:
         return CellCheck(row["attack"], row["defense"], int(row["seed"]), row["cell_id"], verified, detail)
 
@@ -242,7 +243,8 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
         return check(False, f"the rerun failed: {rerun['reason']}")
     if same_keys and rerun["cell_id"] != row["cell_id"]:
         return check(False, f"the rerun is cell {rerun['cell_id']}, not {row['cell_id']} (another config)")
-    bitwise = row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
+    bitwise = (row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
+               and row.get("cpu", "") == rerun.get("cpu", "") != "")
     if not bitwise:
         return _within(check, row, rerun, tolerance)
     for column in METRIC_COLUMNS:
@@ -265,8 +267,12 @@ def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun:
         if row[column] and abs(float(row[column]) - float(rerun[column])) > tolerance:
             return check(False, f"{column} is {float(row[column]):.4f} in the bundle, {float(rerun[column]):.4f} on "
                                 f"the rerun: more than {tolerance:g} apart")
-    return check(True, f"within {tolerance:g}: {row['device']} ({row['torch_threads'] or '?'} threads) in the bundle, "
-                       f"{rerun['device']} ({rerun['torch_threads']} threads) on the rerun")
+    return check(True, f"within {tolerance:g}: {_machine(row)} in the bundle, {_machine(rerun)} on the rerun")
+
+
+def _machine(row: dict[str, str]) -> str:
+    """Where a row ran, as far as bitwise repeatability goes: device, thread count and CPU."""
+    return f"{row['device']} ({row['torch_threads'] or '?'} threads, {row.get('cpu') or 'CPU not recorded'})"
 
 
 def _same_predictions(check: Callable[[bool, str], CellCheck], path: Path, rerun_path: Path) -> CellCheck:

@@ -295,11 +295,11 @@ def test_a_bundle_may_not_replace_a_builtin_nor_differ_from_it(tmp_path):
     assert "benchmark.bundle" in sys.modules  # nothing was purged
 
 
-def test_cells_compare_bitwise_on_the_cpu_at_the_same_thread_count_else_within_the_tolerance(tmp_path):
+def test_cells_compare_bitwise_on_the_same_cpu_at_the_same_thread_count_else_within_the_tolerance(tmp_path):
     from benchmark.verify import compare_cell
 
     row = {"attack": "badnet", "defense": "d", "seed": "0", "cell_id": "a" * 16, "status": "ok", "reason": "",
-           "device": "cpu", "torch_threads": "1", "ca": "0.5", "ca_low": "0.4", "ca_high": "0.6", "ca_top5": "0.9",
+           "device": "cpu", "torch_threads": "1", "cpu": "AMD EPYC (AVX2)", "ca": "0.5", "ca_low": "0.4", "ca_high": "0.6", "ca_top5": "0.9",
            "n_clean": "300", "asr": "0.8", "asr_low": "0.7", "asr_high": "0.9", "n_triggered": "270"}
     rerun = {**row, "ca": "0.51"}
     check = compare_cell(row, rerun, tmp_path, tmp_path, 0.02)
@@ -307,6 +307,10 @@ def test_cells_compare_bitwise_on_the_cpu_at_the_same_thread_count_else_within_t
     assert "ca is 0.5 in the bundle, 0.51 on the rerun (bitwise on cpu, 1 threads)" in check.detail
     check = compare_cell(row, {**rerun, "torch_threads": "4"}, tmp_path, tmp_path, 0.02)
     assert check.verified and check.detail.startswith("within 0.02")
+    check = compare_cell(row, {**rerun, "cpu": "Intel Xeon (AVX512)"}, tmp_path, tmp_path, 0.02)  # other kernels
+    assert check.verified and "cpu (1 threads, Intel Xeon (AVX512)) on the rerun" in check.detail
+    check = compare_cell({**row, "cpu": ""}, {**rerun, "cpu": ""}, tmp_path, tmp_path, 0.02)  # an older bundle
+    assert check.verified and "cpu (1 threads, CPU not recorded) in the bundle" in check.detail
     check = compare_cell({**row, "device": "cuda:0"}, {**rerun, "asr": "0.7"}, tmp_path, tmp_path, 0.02)
     assert not check.verified
     assert "asr is 0.8000 in the bundle, 0.7000 on the rerun: more than 0.02 apart" in check.detail

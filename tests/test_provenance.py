@@ -98,3 +98,10 @@ def test_files_of_schema_3_read_with_empty_provenance(tmp_path):
     path = write_results(tmp_path / "results.csv", rows, columns=old)
     row = next(iter(ResultsFile(path).rows.values()))
     assert row["defense_source_sha256"] == "" and row["torch_threads"] == "" and row["schema_version"] == str(SCHEMA_VERSION)
+
+
+def test_files_of_schema_5_read_with_the_cpu_not_recorded(tmp_path):
+    path = write_results(tmp_path / "results.csv", [{**row, "schema_version": "5"} for row in known_rows()],
+                         columns=[column for column in COLUMNS if column != "cpu"])
+    row = next(iter(ResultsFile(path).rows.values()))
+    assert row["cpu"] == "" and row["stage"] == "post-training" and row["schema_version"] == str(SCHEMA_VERSION)

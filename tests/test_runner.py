@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from benchmark.api import run_grid
+from benchmark.device import cpu_kind
 from benchmark.errors import UserError
 from benchmark.presets import load_preset
 from benchmark.results import METRIC_COLUMNS, RESULTS_FILE, ResultsFile
@@ -93,6 +94,13 @@ def test_rows_record_the_recipe_each_defense_trained_with_and_how_it_was_chosen(
     assert rows["none"]["defense_recipe"] == ""  # no training, no recipe
 
 
+def test_rows_record_where_they_ran_down_to_the_cpu_s_instruction_set(finished_run):
+    rows = list(ResultsFile(finished_run / "results.csv").rows.values())
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert {(row["device"], row["torch_threads"]) for row in rows} == {("cpu", str(torch.get_num_threads()))}
+    assert {row["cpu"] for row in rows} == {cpu_kind()} and cpu_kind().endswith(f" ({capability})")
+
+
 def test_tuning_notes_name_their_section():
     preset = dataclasses.replace(load_preset(str(TEST_PRESET)), tuning={"recipe": "lr on clean val CA",
                                                                          "cleanclip": "λ2 = 1 (paper)"})
@@ -138,6 +146,27 @@ def test_lost_rows_are_rebuilt_from_cached_artifacts(finished_run, tmp_path):
     before = pd.read_csv(finished_run / "results.csv").sort_values("cell_id")[METRIC_COLUMNS].reset_index(drop=True)
     after = pd.read_csv(out / "results.csv").sort_values("cell_id")[METRIC_COLUMNS].reset_index(drop=True)
     pd.testing.assert_frame_equal(before, after)
+
+
+def test_a_row_rebuilt_from_the_cache_says_where_the_cell_ran_not_where_it_was_rebuilt(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    (out / "results.csv").unlink()
+    records = sorted((out / "cache" / "cells").glob("*/metrics.json"))
+    elsewhere = {"device": "cuda:0", "torch_threads": 8, "cpu": "Intel Xeon (AVX512)"}
+    for path, where in zip(records, [elsewhere, None, elsewhere, elsewhere]):
+        record = json.loads(path.read_text())
+        assert record["ran_on"] == {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpu": cpu_kind()}
+        if where is None:
+            del record["ran_on"]  # a cache written before cells saved where they ran
+        else:
+            record["ran_on"] = where
+        path.write_text(json.dumps(record))
+    run_plan(_plan(), out, CPU)
+    rows = {row["cache_key"]: row for row in ResultsFile(out / "results.csv").rows.values()}
+    machines = [(rows[path.parent.name]["device"], rows[path.parent.name]["torch_threads"], rows[path.parent.name]["cpu"])
+                for path in records]
+    assert machines == [("cuda:0", "8", "Intel Xeon (AVX512)"), ("", "", ""), *[("cuda:0", "8", "Intel Xeon (AVX512)")] * 2]
 
 
 def test_corrupt_checkpoint_is_never_loaded(finished_run, tmp_path):

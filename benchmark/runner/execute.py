@@ -34,7 +34,7 @@ from benchmark.results import BENIGN_ATTACK, RESULTS_FILE
 from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan, VictimSpec, attack_context
 from benchmark.runner.pretrained import initial_model
-from benchmark.runner.record import RunSummary, cell_label, cell_row, record_failed
+from benchmark.runner.record import UNRECORDED_MACHINE, RunSummary, cell_label, cell_row, ran_on, record_failed
 from benchmark.runner.stages import StageRun
 from benchmark.runner.store import ArtifactStore
 from benchmark.seeding import derive_seed
@@ -93,8 +93,9 @@ class GroupRun:
             if cached[cell.key] is not None:
                 record = cached[cell.key]
                 detection = DetectionMetrics.from_json(record["detection"]) if "detection" in record else None
+                where = record.get("ran_on", UNRECORDED_MACHINE)  # caches written before it was saved
                 self.results.upsert(cell_row(self.plan, cell, Metrics.from_json(record["metrics"]), record["timing"],
-                                             self.device, "ok", "", detection))
+                                             where, "ok", "", detection))
                 self.summary.cells_reused += 1
                 self.advance(1)
         cells = [cell for cell in cells if cached[cell.key] is None]
@@ -203,11 +204,11 @@ class GroupRun:
         timing = {"time_poison_s": victim.meta["time_poison_s"], "time_victim_s": victim.meta["time_victim_s"],
                   "time_defense_s": time_defense, "time_eval_s": time.perf_counter() - start}
         self.store.save_cell_predictions(cell.key, predictions)
-        record = {"metrics": metrics.to_json(), "timing": timing}
+        record = {"metrics": metrics.to_json(), "timing": timing, "ran_on": ran_on(device)}
         if detection is not None:
             record["detection"] = detection.as_row()
         self.store.save_cell_metrics(cell.key, record)
-        self.results.upsert(cell_row(self.plan, cell, metrics, timing, device, "ok", "", detection))
+        self.results.upsert(cell_row(self.plan, cell, metrics, timing, record["ran_on"], "ok", "", detection))
         asr = "" if metrics.asr is None else f", ASR {metrics.asr.value:.3f}"
         self.reporter.log(f"cell {cell_label(cell)}: CA {metrics.ca.value:.3f}{asr} (defense {time_defense:.0f}s)")
 

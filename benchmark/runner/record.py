@@ -15,6 +15,7 @@ import torch
 from attacks import ATTACKS
 from benchmark import __version__
 from benchmark.detection_metrics import DETECTION_FIELDS, DetectionMetrics
+from benchmark.device import cpu_kind
 from benchmark.metrics import Metrics
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
@@ -53,10 +54,20 @@ def cell_label(cell: CellSpec) -> str:
     return f"{cell.victim.attack} × {cell.defense} seed {cell.victim.seed}"
 
 
-def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], device: Any,
+UNRECORDED_MACHINE = {"device": "", "torch_threads": "", "cpu": ""}  # a cached cell that did not save where it ran
+
+
+def ran_on(device: Any) -> dict[str, Any]:
+    """The columns that say where a cell runs: its device, torch's CPU threads and the kind of CPU, all three of
+    which ``verify`` needs to expect a bitwise repeat. Saved with the cell's cached metrics, so that a row rebuilt
+    from the cache says where the cell ran, not where the row was rebuilt."""
+    return {"device": str(device), "torch_threads": torch.get_num_threads(), "cpu": cpu_kind()}
+
+
+def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[str, float], where: dict[str, Any],
              status: str, reason: str, detection: DetectionMetrics | None = None) -> dict[str, Any]:
-    """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`); no metrics for a failed cell,
-    detection metrics for a data-stage cell only."""
+    """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`), run where :func:`ran_on` says; no
+    metrics for a failed cell, detection metrics for a data-stage cell only."""
     preset, victim = plan.preset, cell.victim
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "cell_id": cell.row_id, "cache_key": cell.key,
@@ -70,7 +81,7 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "stage": cell.stage, "removal_rate": cell.removal_rate,
         "model": preset.model.name, "victim_objective": preset.victim.label,
         "victim_init": preset.victim.init, "victim_key": victim.key, "cleanbench_version": __version__,
-        "git_commit": git_commit(), "device": str(device), "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(), **where,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **origin_columns(victim.attack, cell.defense),
     }
@@ -94,7 +105,7 @@ def record_failed(plan: Plan, cell: CellSpec, reason: str, results: SharedResult
                   reporter: Reporter, *, device: Any = "cpu", note: str = "") -> None:
     """Record ``cell`` as ``failed`` for ``reason`` (its first 300 characters in the row) and count and log it;
     ``note`` ends the log line (where its traceback was saved). A rerun redoes the cell."""
-    results.upsert(cell_row(plan, cell, None, {}, device, "failed", reason[:300]))
+    results.upsert(cell_row(plan, cell, None, {}, ran_on(device), "failed", reason[:300]))
     summary.cells_failed += 1
     summary.failures.append(f"{cell_label(cell)}: {reason}")
     reporter.log(f"cell {cell_label(cell)} FAILED: {reason}{note}")
