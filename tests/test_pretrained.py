@@ -291,8 +291,9 @@ def test_the_leaderboard_keeps_pretrained_victims_apart_and_older_files_read_as_
             for init in ("scratch", "pretrained")]
     names = set(load_results([write_results(tmp_path / "new" / RESULTS_FILE, rows)])["preset"])
     assert names == {"p", "p [clip+ssl victim]", "p [pretrained victim]", "p [pretrained clip+ssl victim]"}
-    # A version-5 file written before the column existed (version 5 is not released yet): read as scratch.
+    # A version-5 file written before the column existed (it came late in version 5): read as scratch.
     before = [column for column in COLUMNS if column != "victim_init"]
-    path = write_results(tmp_path / "old" / RESULTS_FILE, [make_row("none", "none", 0, 0.8)], columns=before)
+    path = write_results(tmp_path / "old" / RESULTS_FILE, [make_row("none", "none", 0, 0.8, schema_version=5)],
+                         columns=before)
     assert set(load_results([path])["victim_init"]) == {"scratch"}
     assert next(iter(ResultsFile(path).rows.values()))["victim_init"] == "scratch"
