@@ -10,6 +10,7 @@ CPU path and its numerics (bitwise-repeatable runs) stay exactly as they are.
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ def cpu_model() -> str:
     return platform.processor()
 
 
+@functools.cache  # one process never changes CPU; rows ask once per cell
 def cpu_kind() -> str:
     """The CPU as far as bitwise repeatability goes: its model and the vector instruction set torch's kernels
     dispatch to, e.g. ``AMD EPYC (AVX2)``. Another instruction set rounds some kernels' sums differently, and a

@@ -166,7 +166,7 @@ def hardware(rows: list[dict[str, str]]) -> dict[str, Any]:
         "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
         "row_devices": sorted({row["device"] for row in rows}),
         "row_torch_threads": sorted({row["torch_threads"] for row in rows}),
-        "row_cpus": sorted({row.get("cpu", "") for row in rows}),
+        "row_cpus": sorted({row["cpu"] for row in rows}),
     }
 
 

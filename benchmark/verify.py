@@ -244,7 +244,7 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
     if same_keys and rerun["cell_id"] != row["cell_id"]:
         return check(False, f"the rerun is cell {rerun['cell_id']}, not {row['cell_id']} (another config)")
     bitwise = (row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
-               and row.get("cpu", "") == rerun.get("cpu", "") != "")
+               and row["cpu"] == rerun["cpu"] != "")
     if not bitwise:
         return _within(check, row, rerun, tolerance)
     for column in METRIC_COLUMNS:
@@ -272,7 +272,7 @@ def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun:
 
 def _machine(row: dict[str, str]) -> str:
     """Where a row ran, as far as bitwise repeatability goes: device, thread count and CPU."""
-    return f"{row['device']} ({row['torch_threads'] or '?'} threads, {row.get('cpu') or 'CPU not recorded'})"
+    return f"{row['device']} ({row['torch_threads'] or '?'} threads, {row['cpu'] or 'CPU not recorded'})"
 
 
 def _same_predictions(check: Callable[[bool, str], CellCheck], path: Path, rerun_path: Path) -> CellCheck:
