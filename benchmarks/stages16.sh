@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Issue 16's study, the part not yet run: every defense of the three stages on fmnist-tiny, three seeds, in parts
-# that each fit one session of 2 cores (a machine's cache does not outlive its session, so no part counts on
-# another's victims; each trains the victims it needs). Resumable within a part: rerun the same command after a kill.
+# Issue 16's study after its record run (benchmarks/results/stages16-2026-12-04.md): every defense of the three
+# stages on fmnist-tiny, three seeds, in parts that each fit one session of 2 cores (a machine's cache does not
+# outlive its session, so no part counts on another's victims; each trains the victims it needs). Resumable within a
+# part: rerun the same command after a kill.
 #
 #   bash benchmarks/stages16.sh PART OUT
 #
 #   badclip   BadCLIP (the attack built to survive CleanCLIP) against every defense, with the benign control's cells
-#   sig       SIG against every defense, with the benign control's cells (shared with `badclip` in one OUT)
-#   safeclip  SafeCLIP on the benign control and the six attacks whose other cells are done (the paper's four, the
-#             watermark and triangles); trains their no-defense victims for the ASR reference. Done: its rows are
-#             benchmarks/results/rows/stages16-safeclip-2026-12-02.csv
+#             (rows: benchmarks/results/rows/stages16-badclip-2026-12-02.csv)
+#   sig       SIG against every defense, with the benign control's cells (shared with `badclip` in one OUT; rows, with
+#             the badclip part's: benchmarks/results/rows/stages16-sig-2026-12-04.csv)
+#   safeclip  SafeCLIP on the benign control and the six attacks whose other cells the record run did (the paper's
+#             four, the watermark and triangles); trains their no-defense victims for the ASR reference
+#             (rows: benchmarks/results/rows/stages16-safeclip-2026-12-02.csv)
 #
 # stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
 # be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time

@@ -215,7 +215,10 @@ def _warn_unreproduced(table: pd.DataFrame) -> None:
                if len(group[list(RESULT_COLUMNS)].astype(str).drop_duplicates()) > 1]
     if not clashes:
         return
-    first, last = clashes[0].iloc[0], clashes[0].iloc[-1]
+    group = clashes[0]
+    results = group[list(RESULT_COLUMNS)].astype(str).fillna("")  # pandas' str dtype keeps NaN, and NaN != NaN
+    last = group.iloc[-1]
+    first = group[(results != results.iloc[-1]).any(axis=1).to_numpy()].iloc[0]  # a row the used one does not repeat
     warnings.warn(f"{len(clashes)} cell(s) have different results in different rows, so one run did not reproduce "
                   f"the other; the last row is used. E.g. {first['attack']} × {first['defense']} seed {first['seed']}: "
                   f"CA {_four_places(first['ca'])}, ASR {_four_places(first['asr'])} ({first['source']} line "

@@ -235,6 +235,20 @@ def test_one_cell_with_different_results_in_two_files_is_warned_about_and_the_la
     assert table.loc[table["cell_id"] == rows[0]["cell_id"], "ca"].item() == pytest.approx(rows[0]["ca"] - 0.02)
 
 
+def test_the_warning_names_a_row_that_differs_from_the_one_used(tmp_path):
+    """Three files with one cell, the first and last alike: the example must be the middle row, not a pair that
+    agrees (a part's rows merged with another part's file that repeats them)."""
+    rows = known_rows()
+    first = write_results(tmp_path / "a" / "results.csv", rows)
+    other = write_results(tmp_path / "b" / "results.csv", [dict(rows[0], ca=rows[0]["ca"] - 0.02)])
+    again = write_results(tmp_path / "c" / "results.csv", rows[:1])
+    with pytest.warns(UserWarning, match="did not reproduce") as caught:
+        load_results([first, other, again])
+    message = str(caught[0].message)
+    assert f"CA {rows[0]['ca'] - 0.02:.4f}, ASR" in message and f"against CA {rows[0]['ca']:.4f}" in message
+    assert f"{other} line 2" in message
+
+
 def test_missing_results_file_is_a_user_error(cli, tmp_path):
     code, _, err = cli("leaderboard", tmp_path / "nowhere")
     assert code == 2 and "no results file at" in err
