@@ -13,6 +13,9 @@
 #   safeclip  SafeCLIP on the benign control and the six attacks whose other cells the record run did (the paper's
 #             four, the watermark and triangles); trains their no-defense victims for the ASR reference
 #             (rows: benchmarks/results/rows/stages16-safeclip-2026-12-02.csv)
+#   record-post   the record run's post-training cells again (none, finetune, cleanclip, par on the same six attacks),
+#                 whose rows were not kept, so that their verdicts rebuild from committed rows
+#   record-data   the record run's detector and RoCLIP cells again, on the same six attacks (each retrains a victim)
 #
 # stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
 # be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time
@@ -22,14 +25,18 @@
 # (e.g. `mkdir -p OUT && cp benchmarks/results/rows/stages16-safeclip-2026-12-02.csv OUT/results.csv`); the cells
 # they hold are skipped and only the victims the others need are trained.
 set -euo pipefail
-part=${1:?usage: stages16.sh badclip|sig|safeclip OUT}
-out=${2:?usage: stages16.sh badclip|sig|safeclip OUT}
+usage="usage: stages16.sh badclip|sig|safeclip|record-post|record-data OUT"
+part=${1:?$usage}
+out=${2:?$usage}
 every_defense=none,finetune,cleanclip,par,detect-kdist,detect-slof,detect-dao,roclip,safeclip
+record_attacks=badnet,blended,wanet,label-consistent,watermark,triangles
 run() { "${CLEANBENCH:-cleanbench}" "${ACTION:-run}" --preset fmnist-tiny --seeds 0,1,2 --workers "${WORKERS:-2}" \
     --out "$out" "$@"; }
 case "$part" in
     badclip) run --attacks badclip --defenses "$every_defense" ;;
     sig) run --attacks sig --defenses "$every_defense" ;;
-    safeclip) run --attacks badnet,blended,wanet,label-consistent,watermark,triangles --defenses none,safeclip ;;
-    *) echo "unknown part '$part': badclip, sig or safeclip" >&2; exit 2 ;;
+    safeclip) run --attacks "$record_attacks" --defenses none,safeclip ;;
+    record-post) run --attacks "$record_attacks" --defenses none,finetune,cleanclip,par ;;
+    record-data) run --attacks "$record_attacks" --defenses none,detect-kdist,detect-slof,detect-dao,roclip ;;
+    *) echo "unknown part '$part': badclip, sig, safeclip, record-post or record-data" >&2; exit 2 ;;
 esac
