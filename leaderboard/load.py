@@ -217,13 +217,15 @@ def _warn_unreproduced(table: pd.DataFrame) -> None:
         return
     group = clashes[0]
     results = group[list(RESULT_COLUMNS)].astype(str).fillna("")  # pandas' str dtype keeps NaN, and NaN != NaN
-    last = group.iloc[-1]
-    first = group[(results != results.iloc[-1]).any(axis=1).to_numpy()].iloc[0]  # a row the used one does not repeat
+    unlike_last = results != results.iloc[-1]
+    position = int(unlike_last.any(axis=1).to_numpy().argmax())  # the first row the used (last) one does not repeat
+    first, last = group.iloc[position], group.iloc[-1]
+    columns = ", ".join(unlike_last.columns[unlike_last.iloc[position].to_numpy()])
     warnings.warn(f"{len(clashes)} cell(s) have different results in different rows, so one run did not reproduce "
                   f"the other; the last row is used. E.g. {first['attack']} × {first['defense']} seed {first['seed']}: "
                   f"CA {_four_places(first['ca'])}, ASR {_four_places(first['asr'])} ({first['source']} line "
                   f"{first['line']}) against CA {_four_places(last['ca'])}, ASR {_four_places(last['asr'])} "
-                  f"({last['source']} line {last['line']})", stacklevel=3)
+                  f"({last['source']} line {last['line']}); they differ in {columns}", stacklevel=3)
 
 
 def _four_places(value: float) -> str:

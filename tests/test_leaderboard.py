@@ -246,7 +246,16 @@ def test_the_warning_names_a_row_that_differs_from_the_one_used(tmp_path):
         load_results([first, other, again])
     message = str(caught[0].message)
     assert f"CA {rows[0]['ca'] - 0.02:.4f}, ASR" in message and f"against CA {rows[0]['ca']:.4f}" in message
-    assert f"{other} line 2" in message
+    assert f"{other} line 2" in message and message.endswith("they differ in ca")
+
+
+def test_the_warning_names_the_columns_that_differ_when_ca_and_asr_agree(tmp_path):
+    rows = known_rows()
+    first = write_results(tmp_path / "a" / "results.csv", rows)
+    top5 = write_results(tmp_path / "b" / "results.csv", [dict(rows[0], ca_top5=0.123)])
+    with pytest.warns(UserWarning, match="did not reproduce") as caught:
+        load_results([first, top5])
+    assert str(caught[0].message).endswith("they differ in ca_top5")
 
 
 def test_missing_results_file_is_a_user_error(cli, tmp_path):
