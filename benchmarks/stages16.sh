@@ -15,7 +15,9 @@
 #             (rows: benchmarks/results/rows/stages16-safeclip-2026-12-02.csv)
 #   record-post   the record run's post-training cells again (none, finetune, cleanclip, par on the same six attacks),
 #                 whose rows were not kept, so that their verdicts rebuild from committed rows
+#                 (rows: benchmarks/results/rows/stages16-record-post-2026-12-04.csv)
 #   record-data   the record run's detector and RoCLIP cells again, on the same six attacks (each retrains a victim)
+#                 (rows: benchmarks/results/rows/stages16-record-data-2026-12-05.csv)
 #
 # stripes is left out: it does not take on this preset (issue 15: no-defense ASR 0.012 to 0.018), so no defense can
 # be scored against it. WORKERS (default 2) sets --workers; ACTION=validate prints the plan and its estimated time
