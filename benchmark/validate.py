@@ -158,8 +158,7 @@ def _describe_data(preset: Preset) -> list[str]:
 
 
 def _describe_grid(plan: Plan) -> list[str]:
-    from benchmark.data.source_splits import streamed_splits
-    from benchmark.detection_metrics import removal_count
+    from benchmark.stages import STAGES
     from defenses import DEFENSES
 
     preset = plan.preset
@@ -167,7 +166,6 @@ def _describe_grid(plan: Plan) -> list[str]:
     attacks = sorted({v.attack for v in plan.victims})
     seeds = sorted({v.seed for v in plan.victims})
     defenses = list(dict.fromkeys(cell.defense for cell in plan.cells))
-    removes = removal_count(preset.detection.removal_rate, preset.data.train_pairs)
     stage_victims = sum(cell.trains_model(preset.data.train_pairs) for cell in plan.cells)
     start, pretraining, pretrain_steps = _victim_start(preset)
     lines = [
@@ -188,29 +186,10 @@ def _describe_grid(plan: Plan) -> list[str]:
             continue
         cls = DEFENSES.get(name)
         cells = sum(1 for cell in plan.cells if cell.defense == name)
-        if cls.stage != "post-training":
-            streamed = (" (needs the training split in memory: this preset streams it, so these cells will fail)"
-                        if cls.stage == "data" and "train" in streamed_splits(preset.data) else "")
-            if cls.stage == "data" and not removes:
-                lines.append(f"defense {name} (data stage): scores the {preset.data.train_pairs:,} training pairs "
-                             f"and removes none (detection.removal_rate {preset.detection.removal_rate:g}: "
-                             f"detection only, the model is the victim){streamed} × {cells} cells")
-                continue
-            pairs = preset.data.train_pairs - (removes if cls.stage == "data" else 0)
-            steps = pairs // preset.victim.batch_size * preset.victim.epochs
-            defense_steps += steps * cells
-            what = (f"scores the training pairs, removes the top {preset.detection.removal_rate:.0%}, retrains the "
-                    f"victim on {pairs:,} pairs" if cls.stage == "data" else f"trains the victim on {pairs:,} pairs")
-            lines.append(f"defense {name} ({cls.stage} stage): {what}{streamed} / batch {preset.victim.batch_size} × "
-                         f"{preset.victim.epochs} epochs ≈ {steps:,} steps per cell × {cells} cells")
-            continue
-        config = cls.from_settings(preset.defenses.get(name, {})).config
-        epochs = getattr(config, "epochs", None) or preset.finetune.epochs
-        batch = getattr(config, "batch_size", None) or preset.finetune.batch_size
-        steps = preset.data.clean_pairs // batch * epochs
+        line, steps = STAGES[cls.stage].runner().describe(preset, name, cls.from_settings(preset.defenses.get(name, {})),
+                                                          cells)
+        lines.append(line)
         defense_steps += steps * cells
-        lines.append(f"defense {name}: {preset.data.clean_pairs:,} clean pairs / batch {batch} × {epochs} epochs "
-                     f"≈ {steps:,} steps per cell × {cells} cells")
     pretraining = f"pretraining {pretrain_steps:,}, " if pretrain_steps else ""
     lines.append(f"estimated optimizer steps: {pretrain_steps + victim_steps * len(plan.victims) + defense_steps:,} "
                  f"({pretraining}victims {victim_steps * len(plan.victims):,}, defenses {defense_steps:,})")

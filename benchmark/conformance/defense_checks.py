@@ -1,8 +1,8 @@
 """The checks of a defense, on a victim backdoored with BadNet on the check's preset, exactly as the runner
-hands it over at the defense's stage (post-training: a fresh model with the victim's weights, the clean pairs;
-training: a model initialised as the victim was, the poisoned training pairs; data: the victim and the poisoned
-training pairs; each with a :class:`DefenseContext`): it runs within the time budget and returns a model the
-evaluator scores (a detector: one finite score per training pair); a second run with the same seed gives the
+hands it over at the defense's stage (its entry in :data:`benchmark.stages.STAGES` says which: the victim's
+weights or a model initialised as the victim was, the clean pairs or the poisoned training pairs, with a
+:class:`DefenseContext`): it runs within the time budget and returns what its stage returns, a model the
+evaluator scores or one finite score per pair it received; a second run with the same seed gives the
 same weights (scores); and what it receives holds neither the test set nor the poison manifest.
 
 Determinism is checked as the runner runs a defense: torch's global generator seeded with ``context.seed``
@@ -33,12 +33,13 @@ from benchmark.metrics import classifier_for, evaluate
 from benchmark.models import create_model, tokenizer_for
 from benchmark.presets import Preset, split_attack_settings
 from benchmark.progress import Reporter
-from benchmark.runner.plan import attack_context
+from benchmark.runner.plan import attack_context, stage_recipe
 from benchmark.seeding import derive_seed
+from benchmark.stages import STAGES
 from benchmark.storage import content_key
 from benchmark.task import Task
 from benchmark.training import train
-from defenses.base import Defense, DefenseContext, effective_recipe
+from defenses.base import Defense, DefenseContext
 
 VICTIM_ATTACK = "badnet"
 _victims: dict[str, "Victim"] = {}
@@ -103,38 +104,34 @@ class _DefenseRuns:
         self.first: nn.Module | None = None
 
     def run(self, other_seed: int) -> nn.Module | torch.Tensor:
-        """The defense's output as the runner would get it: a model, or a detector's scores."""
-        stage = self.cls.stage
-        if stage == "training":
+        """The defense's output as the runner would get it at its stage (:data:`benchmark.stages.STAGES`): a
+        model, or a detector's scores."""
+        stage = STAGES[self.cls.stage]
+        if stage.starts_from == "initialisation":
             model = create_model(self.preset.model.name, seed=derive_seed(SEED, "init"))
         else:
             model = create_model(self.preset.model.name)
             model.load_state_dict(self.victim.state)
             model.eval()
         defense = self.cls.from_settings(self.settings)
-        recipe = effective_recipe(self.preset.finetune, defense.config) if stage == "post-training" else self.preset.victim
-        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", self.cls.name), recipe,
-                                 self.tokenizer, self.task.val_set, Reporter.silent())
-        data = self.task.clean_pairs if stage == "post-training" else self.victim.poisoned
+        context = DefenseContext(torch.device("cpu"), derive_seed(SEED, "defense", self.cls.name),
+                                 stage_recipe(stage, self.preset, defense.config), self.tokenizer, self.task.val_set,
+                                 Reporter.silent())
+        data = self.task.clean_pairs if stage.receives == "clean" else self.victim.poisoned
         self.handed.update(context=context, data=data, defense=defense)
         torch.manual_seed(context.seed)  # as the runner seeds it before every defense
         random.seed(other_seed)  # the runner seeds neither Python's nor NumPy's generator: drawing from them
         np.random.seed(other_seed)  # gives another model in every run
         start = time.perf_counter()
         with time_limit(self.time_budget):
-            if stage == "post-training":
-                out = defense.apply(model, data, context)
-            elif stage == "training":
-                out = defense.train(model, data, context)
-            else:
-                out = defense.score(model, data, context)
+            out = getattr(defense, stage.method)(model, data, context)
         if time.perf_counter() - start > self.time_budget:
             raise TimeBudgetExceeded(f"took {time.perf_counter() - start:.0f} s, over the budget of "
                                      f"{self.time_budget:g} s")
-        method = {"post-training": "apply", "training": "train", "data": "score"}[stage]
-        wanted = torch.Tensor if stage == "data" else nn.Module
+        wanted = torch.Tensor if stage.returns == "scores" else nn.Module
         if not isinstance(out, wanted):
-            raise TypeError(f"{method} returned {type(out).__name__}, not a {wanted.__module__}.{wanted.__name__}")
+            raise TypeError(f"{stage.method} returned {type(out).__name__}, not a {wanted.__module__}."
+                            f"{wanted.__name__}")
         return out
 
     def runs(self) -> str | None:
@@ -145,9 +142,9 @@ class _DefenseRuns:
         if self.first is None:
             return "not scored: the defense did not run (see runs-in-budget)"
         if isinstance(self.first, torch.Tensor):  # a detector's scores
-            pairs = len(self.victim.poisoned)
+            pairs = len(self.handed["data"])
             if self.first.shape != (pairs,):
-                return f"scores of shape {tuple(self.first.shape)}; expected one per training pair, ({pairs},)"
+                return f"scores of shape {tuple(self.first.shape)}; expected one per pair received, ({pairs},)"
             if not torch.isfinite(self.first).all():
                 return "some scores are not finite (NaN or inf); every pair needs a finite score"
             return None
@@ -181,7 +178,7 @@ class _DefenseRuns:
         task, victim = self.task, self.victim
         forbidden = {id(task): "the task (with the test set)", id(task.test_set): "the test set",
                      id(task.train_pairs): "the victim's training pairs", id(victim.manifest): "the poison manifest"}
-        if self.cls.stage == "post-training":  # the other stages get the poisoned pairs, as the victim did
+        if STAGES[self.cls.stage].receives == "clean":  # the other stages get the poisoned pairs, as the victim did
             forbidden[id(victim.poisoned)] = "the poisoned pairs"
         for path, obj in _reachable(self.handed):
             if id(obj) in forbidden or isinstance(obj, (PoisonManifest, Task)):

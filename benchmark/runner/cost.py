@@ -2,11 +2,12 @@
 
 The work is counted in training passes (one image forward and backward through the model under the CLIP loss):
 a victim is ``train_pairs × epochs`` passes (twice that for a ``clip+ssl`` victim, which forwards an augmented
-view of every pair), a cell is ``clean_pairs × epochs × passes_per_pair`` of its defense plus its evaluation
-(every test image twice, forward only, counted as a third of a pass each). A training-stage defense's cell
-trains a victim of its own (``train_pairs × epochs × passes_per_pair``); a data-stage defense's scores the
-training pairs (a forward pass each) and retrains the victim on the pairs it keeps; both are counted as
-victims to train (a detector whose budget removes nothing only scores: its model is the victim itself). A preset
+view of every pair), a cell is its evaluation (every test image twice, forward only, counted as a third of a
+pass each) plus what its stage says its defense costs (:meth:`benchmark.runner.stages.StageRuns.passes`: a
+post-training defense ``clean_pairs × epochs × passes_per_pair``; a training-stage defense a victim of its own;
+a detector a forward pass over the training pairs and the victim retrained on those it keeps). A model a cell
+trains for itself and caches is counted once, with the victims (a detector whose budget removes nothing only
+scores: its model is the victim itself). A preset
 whose victims start from a clean model trained here adds that model once per run (``[pretrain] pairs × epochs``
 passes, before any victim, so on one worker). What the output folder already
 holds (recorded rows, cached victims and cells) is not counted. The speed is this machine's: the victims this
@@ -31,6 +32,7 @@ from benchmark.presets import Preset
 from benchmark.results import RESULTS_FILE, ResultsFile
 from benchmark.runner.plan import Plan, pretrained_key
 from benchmark.runner.store import ArtifactStore
+from benchmark.stages import STAGES
 from benchmark.training import clip_loss, parameter_groups
 from defenses import DEFENSES
 
@@ -98,20 +100,14 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
     passes = len(victims) * victim_passes(preset)
     stage_victims = 0
     for cell in cells:
-        defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
         passes += 2 * test_images * EVAL_PASS_COST
-        if cell.stage == "post-training":
-            passes += preset.data.clean_pairs * cell.train_recipe.epochs * defense.passes_per_pair()
-        elif (store is None or store.victim_meta(cell.trained_key) is None) and cell.trained_key not in counted:
+        if cell.trained_key is not None:  # a model of its own, cached: counted once, unless the folder holds it
+            if cell.trained_key in counted or (store is not None and store.victim_meta(cell.trained_key) is not None):
+                continue
             counted.add(cell.trained_key)
-            trains = cell.trains_model(preset.data.train_pairs)
-            stage_victims += trains
-            if cell.stage == "training":
-                passes += preset.data.train_pairs * preset.victim.epochs * defense.passes_per_pair()
-            else:
-                passes += preset.data.train_pairs * EVAL_PASS_COST
-                if trains:
-                    passes += victim_passes(preset) * (1 - cell.removal_rate)
+            stage_victims += cell.trains_model(preset.data.train_pairs)
+        defense = DEFENSES.get(cell.defense).from_settings(cell.defense_settings)
+        passes += STAGES[cell.stage].runner().passes(preset, cell, defense)
     pretrained, pretrain_passes = 0, 0.0
     if preset.trains_clean_model and (victims or stage_victims):
         key = pretrained_key(preset)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from attacks import ATTACKS
 from benchmark.checkpoints import read_state_dict, save_state_dict
@@ -35,33 +34,34 @@ from benchmark.runner.lock import SharedResults
 from benchmark.runner.plan import CellSpec, Plan, VictimSpec, attack_context
 from benchmark.runner.pretrained import initial_model
 from benchmark.runner.record import UNRECORDED_MACHINE, RunSummary, cell_label, cell_row, ran_on, record_failed
-from benchmark.runner.stages import StageRun
+from benchmark.runner.stages import CellInputs
 from benchmark.runner.store import ArtifactStore
+from benchmark.stages import STAGES
 from benchmark.seeding import derive_seed
 from benchmark.task import Task, build_task
 from benchmark.victim_training import train_victim
 from defenses import DEFENSES
 from defenses.base import DefenseContext
 
-STAGES = ("all", "victim", "cells")
+PARTS = ("all", "victim", "cells")  # which part of a group a worker runs (:func:`run_group`)
 
 
 def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path, device: torch.device,
-              reporter: Reporter, advance: Callable[..., Any] | None = None, *, stage: str = "all") -> RunSummary:
+              reporter: Reporter, advance: Callable[..., Any] | None = None, *, part: str = "all") -> RunSummary:
     """One victim and its pending cells: the unit of work an executor hands to a worker. Rows go into the
     shared ``results.csv`` as cells finish, under a short lock, so workers may run side by side.
 
-    ``stage`` lets a pool of workers split a group so that its cells need not wait for one worker:
+    ``part`` lets a pool of workers split a group so that its cells need not wait for one worker:
     ``"victim"`` trains (or finds) the victim and settles the cells that do not need it (metrics cached by a
     crashed run; all of them as failed if the victim cannot be trained), ``"cells"`` runs cells whose victim
     the cache already holds, ``"all"`` does both in turn.
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage {stage!r}: choose all, victim or cells")
+    if part not in PARTS:
+        raise ValueError(f"part {part!r}: choose all, victim or cells")
     group = GroupRun(plan, build_task(plan.preset), ArtifactStore(Path(out_dir) / "cache"),
                      SharedResults(Path(out_dir) / RESULTS_FILE), device, reporter,
                      advance or (lambda *args, **kwargs: None))
-    group.run(spec, cells, stage)
+    group.run(spec, cells, part)
     return group.summary
 
 
@@ -86,8 +86,8 @@ class GroupRun:
     advance: Callable[..., Any]
     summary: RunSummary = field(default_factory=RunSummary)
 
-    def run(self, spec: VictimSpec, cells: list[CellSpec], stage: str) -> None:
-        """The victim ``spec`` and those of ``cells`` that ``stage`` covers (see :func:`run_group`)."""
+    def run(self, spec: VictimSpec, cells: list[CellSpec], part: str) -> None:
+        """The victim ``spec`` and those of ``cells`` that ``part`` covers (see :func:`run_group`)."""
         cached = {cell.key: self.store.cell_metrics(cell.key) for cell in cells}
         for cell in cells:  # metrics that survived a crash which came before the row was written
             if cached[cell.key] is not None:
@@ -102,21 +102,21 @@ class GroupRun:
         if not cells:
             return
         try:
-            # a "cells" stage reads the victim its "victim" stage already trained (or reused) and counted
-            victim = self.victim(spec, counted=stage != "cells")
+            # a "cells" part reads the victim its "victim" part already trained (or reused) and counted
+            victim = self.victim(spec, counted=part != "cells")
         except Exception as error:  # noqa: BLE001 - recorded per cell, the grid goes on
             for cell in cells:
-                self.fail(cell, error, stage="victim")
+                self.fail(cell, error, step="victim")
                 self.advance(1)
             return
-        if stage == "victim":
+        if part == "victim":
             return
         for cell in cells:
             try:
                 self.cell(cell, victim)
                 self.summary.cells_run += 1
             except Exception as error:  # noqa: BLE001
-                self.fail(cell, error, stage="defense")
+                self.fail(cell, error, step="defense")
             self.advance(1)
 
     def victim(self, spec: VictimSpec, counted: bool = True) -> _Victim:
@@ -184,13 +184,11 @@ class GroupRun:
         seed = derive_seed(cell.victim.seed, "defense", cell.defense)
         torch.manual_seed(seed)
         context = DefenseContext(device, seed, cell.train_recipe, tokenizer, task.val_set, self.reporter)
-        start = time.perf_counter()
-        detection = None
-        if cell.stage == "post-training":
-            defended: nn.Module = defense.apply(model, task.clean_pairs, context)
-            time_defense = time.perf_counter() - start
-        else:
-            defended, time_defense, detection = StageRun(self, cell, victim).model(defense, model, context)
+        inputs = CellInputs(preset, self.store, device, self.reporter, model, task.clean_pairs,
+                            lambda: self.poisoned_pairs(cell.victim, victim.attack))
+        outcome = STAGES[cell.stage].runner().outcome(cell, defense, inputs, context)
+        self.summary.victims_trained += outcome.victims_trained
+        defended, time_defense, detection = outcome.model, outcome.time_defense_s, outcome.detection
         if not world().is_main:  # under torchrun the other ranks only help train; rank 0 evaluates and records
             return
 
@@ -212,9 +210,9 @@ class GroupRun:
         asr = "" if metrics.asr is None else f", ASR {metrics.asr.value:.3f}"
         self.reporter.log(f"cell {cell_label(cell)}: CA {metrics.ca.value:.3f}{asr} (defense {time_defense:.0f}s)")
 
-    def fail(self, cell: CellSpec, error: BaseException, stage: str) -> None:
-        """Record ``cell`` as failed at ``stage`` with ``error``'s traceback saved in its folder (rank 0 only)."""
-        reason = f"{stage}: {type(error).__name__}: {error}".splitlines()[0][:300]
+    def fail(self, cell: CellSpec, error: BaseException, step: str) -> None:
+        """Record ``cell`` as failed at ``step`` with ``error``'s traceback saved in its folder (rank 0 only)."""
+        reason = f"{step}: {type(error).__name__}: {error}".splitlines()[0][:300]
         if not world().is_main:
             return
         path = self.store.save_cell_error(cell.key, "".join(traceback.format_exception(error)))

@@ -88,7 +88,7 @@ def grid_jobs(groups: list[Group]) -> int:
 class LocalPool:
     """``workers`` processes on this machine, each with its own device (GPU i, or a share of the CPU cores).
 
-    Each group is split in two stages (``run_group``'s ``stage``): the victims are queued first, and as each
+    Each group is split in two parts (``run_group``'s ``part``): the victims are queued first, and as each
     one is in the cache its cells are queued one by one, so any free worker takes them. Five victims and 25
     cells on two workers thus keep both busy to the end, where whole groups would leave one idle for the last
     group. Worker processes start fresh (``spawn``), so CUDA and plugins initialise cleanly in each; each keeps
@@ -121,17 +121,17 @@ class LocalPool:
             while jobs:
                 finished, _ = futures.wait(jobs, return_when=futures.FIRST_COMPLETED)
                 for job in finished:
-                    stage, spec, cells = jobs.pop(job)
+                    part, spec, cells = jobs.pop(job)
                     gathered = _gather(plan, (spec, cells), job, out_dir, summary, reporter)
-                    if stage == "cells":
+                    if part == "cells":
                         advance(len(cells))
                         continue
                     if not gathered:  # the victim failed: its cells are recorded as failed, none is queued
                         advance(1 + len(cells))
                         continue
-                    results = ResultsFile(Path(out_dir) / RESULTS_FILE)  # cells the victim stage did not settle
+                    results = ResultsFile(Path(out_dir) / RESULTS_FILE)  # cells the victim part did not settle
                     pending = [cell for cell in cells if not results.done(cell.row_id)]
-                    advance(1 + len(cells) - len(pending))  # the victim, and cells its stage took from the cache
+                    advance(1 + len(cells) - len(pending))  # the victim, and cells its part took from the cache
                     for cell in pending:
                         try:
                             job = pool.submit(_run_in_worker, plan, spec, [cell], str(out_dir), "cells")
@@ -177,8 +177,8 @@ def _die_with(coordinator: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, stage: str) -> RunSummary:
-    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False), stage=stage)
+def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, part: str) -> RunSummary:
+    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False), part=part)
 
 
 @dataclass(frozen=True)

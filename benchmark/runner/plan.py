@@ -32,10 +32,10 @@ from benchmark.config import config_dict
 from benchmark.errors import UserError
 from benchmark.data.resolve import resolve_preset
 from benchmark.data.source_splits import streamed_splits
-from benchmark.detection_metrics import removal_count
 from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
-from benchmark.results import BENIGN_ATTACK, DEFENSE_STAGES, REFERENCE_DEFENSE
+from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
+from benchmark.stages import STAGES, Stage, stage_named
 from benchmark.storage import content_key
 from benchmark.task import PRETRAIN_SPLIT, Task
 from defenses import DEFENSES
@@ -79,7 +79,7 @@ class CellSpec:
     # runner hands this very object to the defense (``DefenseContext.recipe``) and records it in the row.
     train_recipe: TrainRecipe
     tuning: str | None = None  # how the recipe was chosen; None: the defense does not train with it
-    stage: str = "post-training"  # the defense's stage (:data:`benchmark.results.DEFENSE_STAGES`)
+    stage: str = "post-training"  # the defense's stage (:data:`benchmark.stages.STAGES`)
     removal_rate: float | None = None  # data stage: the share of training pairs removed before retraining
     # training and data stages: the cache key of the victim the defense trains (or the runner retrains)
     trained_key: str | None = None
@@ -92,10 +92,9 @@ class CellSpec:
         return self.key if not self.sweep else content_key("row", self.key, list(map(list, self.sweep)))
 
     def trains_model(self, train_pairs: int) -> bool:
-        """Whether the cell trains a model of its own: a training-stage defense always; a detector when its budget
-        removes some of the ``train_pairs`` (removing none, it only scores, and its model is the victim)."""
-        return self.stage == "training" or (self.stage == "data"
-                                            and removal_count(self.removal_rate or 0.0, train_pairs) > 0)
+        """Whether the cell trains a victim-sized model of its own (its stage says: a training-stage defense always;
+        a detector when its budget removes some of the ``train_pairs``)."""
+        return STAGES[self.stage].runner().trains_victim(self, train_pairs)
 
     @property
     def recipe(self) -> dict[str, Any] | None:
@@ -189,23 +188,16 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     instance = cls.from_settings(settings)
     config = config_dict(instance.config)
     tuning = tuning_note(preset, defense) if cls.uses_recipe else None
-    stage = cls.stage
-    if stage not in DEFENSE_STAGES:
-        raise UserError(f"defense {defense} declares stage {stage!r}; a defense's stage is one of "
-                        f"{', '.join(DEFENSE_STAGES)}")
-    if stage == "post-training":  # the key of a cell as it was before stages existed
-        streamed = ("clean streamed",) if "clean" in streamed_splits(preset.data) else ()
-        key = content_key("cell", ENGINE_VERSION, victim.key, defense, cls.version, config,
-                          config_dict(preset.finetune), preset.text.eval_templates, preset.data.test_images, *streamed,
-                          *later_splits(preset.data))
-        return CellSpec(victim, defense, cls.version, settings, config, key,
-                        effective_recipe(preset.finetune, instance.config), tuning)
-    removal_rate = preset.detection.removal_rate if stage == "data" else None
-    trained_key = content_key("stage-victim", ENGINE_VERSION, victim.key, defense, cls.version, config, stage,
-                              removal_rate, *later_splits(preset.data))
-    key = content_key("cell", ENGINE_VERSION, trained_key, preset.text.eval_templates, preset.data.test_images)
-    return CellSpec(victim, defense, cls.version, settings, config, key, preset.victim, tuning, stage,
-                    removal_rate, trained_key)
+    stage = stage_named(cls.stage, f"defense {defense}")
+    key, trained_key, removal_rate = stage.runner().keys(preset, victim, defense, cls.version, config)
+    return CellSpec(victim, defense, cls.version, settings, config, key, stage_recipe(stage, preset, instance.config),
+                    tuning, stage.name, removal_rate, trained_key)
+
+
+def stage_recipe(stage: Stage, preset: Preset, config: Any) -> TrainRecipe:
+    """The recipe a defense of ``stage`` trains with: the preset's ``[finetune]`` with the defense config's recipe
+    fields set (:func:`~defenses.base.effective_recipe`), or the victim's own recipe (the table's ``recipe``)."""
+    return effective_recipe(preset.finetune, config) if stage.recipe == "finetune" else preset.victim
 
 
 def data_key(data: DataSpec, split: str, *, later_split_sizes: bool = True) -> dict[str, Any]:
