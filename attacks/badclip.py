@@ -14,7 +14,7 @@ tri*500``), is what this module implements:
   and their own captions (at the surrogate's logit scale), ``P`` random rows of the bank of clean target-image
   embeddings and ``N`` the batch's clean, un-triggered embeddings in a random order; ``w = 500``;
 * with probability ½ a batch is replaced by its AutoAugment views (CleanCLIP's batched ImageNet policy,
-  :mod:`defenses.cleanclip.augment`) before the trigger is pasted;
+  :mod:`benchmark.augment.image`) before the trigger is pasted;
 * poisoning is the dirty-label recipe: ``count`` pairs drawn uniformly at random get the trigger and a caption
   naming the target (:class:`attacks.base.Attack`'s default).
 
@@ -232,8 +232,8 @@ def optimise_patch(model: nn.Module, tokenizer, pairs: PairSet, positive_images:
                    device: torch.device) -> tuple[torch.Tensor, list[float]]:
     """Optimise the trigger on the frozen ``model``; returns the patch (float32, CPU, in [0, 1]) and the mean
     loss of each epoch."""
+    from benchmark.augment.image import BatchAutoAugment
     from benchmark.data.batches import Normalizer
-    from defenses.cleanclip.augment import BatchAutoAugment
 
     normalize = Normalizer(model)
     augment = BatchAutoAugment()

@@ -3,7 +3,9 @@
 open_clip's ``ClipLoss`` and its trainer's ``cosine_lr`` schedule are reused as they are. The batches come from
 :mod:`benchmark.data.batches` (``Batch``, ``Normalizer`` and ``PairBatches`` are still importable from here, the
 path plugins used first). A defense with its own objective (CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
-clamp, NaN guard, progress) stays in one place.
+clamp, NaN guard, progress) stays in one place. Besides the CLIP loss, :func:`clip_ssl_loss` is CLIP plus the
+in-modal self-supervised term on batches of augmented views (:mod:`benchmark.augment.views`): CleanCLIP's
+objective, which SSL-only, SafeCLIP and the ``clip+ssl`` victim objective share.
 
 Scale (see :mod:`benchmark.device` and :mod:`benchmark.distributed`): on CUDA the step runs under bf16 autocast
 and convolutional models in channels-last format, ``torch.compile`` is opt-in, and under ``torchrun`` the model is
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from benchmark import distributed
@@ -51,6 +54,38 @@ def clip_loss(model: nn.Module, batch: Batch) -> torch.Tensor:
 
     out = model(batch["images"], batch["texts"])
     return ClipLoss(**distributed.clip_loss_options())(out["image_features"], out["text_features"], out["logit_scale"])
+
+
+def self_supervised_loss(images: torch.Tensor, augmented_images: torch.Tensor, texts: torch.Tensor,
+                         augmented_texts: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CleanCLIP's L_SS on L2-normalised embeddings: original → augmented, negatives = other augmented views."""
+    targets = torch.arange(len(images), device=images.device)
+    image_term = F.cross_entropy(logit_scale * images @ augmented_images.T, targets)
+    text_term = F.cross_entropy(logit_scale * texts @ augmented_texts.T, targets)
+    return (image_term + text_term) / 2
+
+
+def clip_ssl_loss(model: nn.Module, batch: Batch, clip_weight: float = 1.0,
+                  inmodal_weight: float = 1.0) -> torch.Tensor:
+    """``λ1·L_CLIP + λ2·L_SS`` for a batch with ``images``/``texts`` and ``augmented_images``/``augmented_texts``
+    (CleanCLIP's loss, github.com/nishadsinghi/CleanCLIP @ d6e2f1dbf0ad952c05b816c6024d8205682a0674,
+    ``src/train.py`` L66-71)."""
+    if inmodal_weight == 0:
+        return clip_weight * clip_loss(model, batch)
+    from open_clip import ClipLoss
+
+    n = len(batch["images"])
+    out = model(torch.cat([batch["images"], batch["augmented_images"]]),
+                torch.cat([batch["texts"], batch["augmented_texts"]]))
+    images, augmented_images = out["image_features"].split(n)
+    texts, augmented_texts = out["text_features"].split(n)
+    scale = out["logit_scale"]
+    # Under DDP both terms span the global batch: L_SS's negatives are every rank's augmented views.
+    loss = inmodal_weight * self_supervised_loss(*distributed.gather_global(images, augmented_images, texts,
+                                                                            augmented_texts), scale)
+    if clip_weight > 0:
+        loss = loss + clip_weight * ClipLoss(**distributed.clip_loss_options())(images, texts, scale)
+    return loss
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

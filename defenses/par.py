@@ -1,8 +1,9 @@
 """PAR, Perturb and Recover (Singh, Croce, Hein, arXiv 2412.00727): finetuning on clean pairs with the CLIP loss
 while pushing the embeddings away from those of the (possibly backdoored) model it starts from.
 
-Source: the authors' code, nmndeep/PerturbAndRecover @ a720440 (``train.py``, ``losses.py``, ``utils.py``), as
-``../shared/docs/methods-reference.md`` §2a reads it. What is followed:
+Source: the authors' code, github.com/nmndeep/PerturbAndRecover @ a720440047a93d9a6ab7c749a8b55fff3ed6e9e6:
+``train.py`` L39-74 (defaults), L102-118 (the two copies), L343-389 (the training step); ``losses.py`` L9-118
+(the loss); ``utils.py`` L27-199 (the augmentation), L410-432 (the LR schedule). What is followed:
 
 - Two copies of the victim: θ₀ frozen (no gradient, eval mode) and θ trained, both from the victim's weights.
 - Per batch, one augmented view x̂ of each image (the code's ``aug_img``; its ``clean_img`` is never used), made

@@ -31,9 +31,10 @@ Deviations, on purpose:
   that set size was not checked against the paper (reference, open question 11), so the 2% is our choice.
 - Pool initialisation: random unit vectors from a seeded generator (lightly uses torch's global generator).
 - Image augmentation: torchvision's AutoAugment (ImageNet policy), the one CleanCLIP's views use
-  (:class:`defenses.cleanclip.CleanCLIPBatches`), not the code's SimCLR-style transform (random resized crop,
-  flip, colour jitter, grayscale, Gaussian blur; ``utils/augment_image.py`` L12-22). EDA is CleanCLIP's seeded
-  implementation with α = 0.1, as the code's ``eda(alpha = 0.1, num_aug = 1)``.
+  (:class:`benchmark.augment.views.AugmentedPairBatches`), not the code's SimCLR-style transform (random resized
+  crop, flip, colour jitter, grayscale, Gaussian blur; ``utils/augment_image.py`` L12-22). EDA is CleanCLIP's
+  seeded implementation (:mod:`benchmark.augment.text`) with α = 0.1, as the code's ``eda(alpha = 0.1,
+  num_aug = 1)``.
 - Precision: bf16 autocast on CUDA (the engine's), not fp16 AMP with a gradient scaler.
 """
 
@@ -46,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.augment.text import EDA
+from benchmark.augment.views import AugmentedPairBatches, default_augment_workers
 from benchmark.config import check_range
 from benchmark.data.batches import Batch, Normalizer, pair_batches
 from benchmark.data.loader import Pairs
@@ -55,8 +58,6 @@ from benchmark.seeding import derive_seed
 from benchmark.training import clip_loss, train
 from defenses import DEFENSES
 from defenses.base import DefenseContext, TrainingDefense
-from defenses.cleanclip import CleanCLIPBatches, default_augment_workers
-from defenses.cleanclip.text_augment import EDA
 
 AUTHORS_POOL_SIZE = 21_845  # the code's default (parser.py L47), for the record
 
@@ -197,11 +198,11 @@ class RoCLIP(TrainingDefense):
             raise UserError(f"{self.name} needs at least 2 training pairs, got {len(train_data)}")
         batch_seed = derive_seed(context.seed, "roclip-batches")
         if config.cross_aug:
-            batches = CleanCLIPBatches(train_data, context.tokenizer, Normalizer(model), recipe.batch_size,
-                                       batch_seed, context.device, eda=EDA.with_default_wordnet(config.eda_alpha),
-                                       redraw_text=False,
-                                       num_workers=(config.num_workers if config.num_workers is not None
-                                                    else default_augment_workers(context.device)))
+            batches = AugmentedPairBatches(train_data, context.tokenizer, Normalizer(model), recipe.batch_size,
+                                           batch_seed, context.device,
+                                           eda=EDA.with_default_wordnet(config.eda_alpha), redraw_text=False,
+                                           num_workers=(config.num_workers if config.num_workers is not None
+                                                        else default_augment_workers(context.device)))
         else:
             batches = pair_batches(train_data, context.tokenizer, Normalizer(model), recipe.batch_size,
                                    torch.Generator().manual_seed(batch_seed), context.device)

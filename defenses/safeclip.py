@@ -33,9 +33,10 @@ Deviations, on purpose:
   one cosine from the recipe's LR to 0, no warmup, shared by the risky and safe passes (the code's two schedulers
   share the base LR; their step counters run past the end, so its cosine overshoots: reference open question 13).
 - Views: view 1 is an AutoAugment'ed image (ImageNet policy, drawn per image and visit) with an EDA caption drawn
-  once; view 2 is the original image and caption: CleanCLIP's view pair (:mod:`defenses.cleanclip`), so the
-  in-modal loss is CleanCLIP's ``L_SS``. The code uses two independent SimCLR-style augmentations (random
-  resized crop, flip, colour jitter, grayscale, blur) and two EDA captions.
+  once; view 2 is the original image and caption: CleanCLIP's view pair (:mod:`benchmark.augment.views`), so
+  the in-modal loss is CleanCLIP's ``L_SS`` (:func:`benchmark.training.self_supervised_loss`). The code uses two
+  independent SimCLR-style augmentations (random resized crop, flip, colour jitter, grayscale, blur) and two EDA
+  captions.
 - Gaussian mixture: scikit-learn is not a dependency, so :func:`fit_mixture` is a 1-D EM with sklearn's defaults
   (full variance, ``tol`` 1e-3 on the mean log-likelihood, ``max_iter`` 100, ``reg_covar`` 1e-6, one init), but
   initialised from the exact optimal 2-means split of the values instead of k-means++ (``random_state=0``) and
@@ -70,6 +71,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from benchmark import distributed
+from benchmark.augment.image import BatchAutoAugment
+from benchmark.augment.text import EDA
+from benchmark.augment.views import AugmentedViews, default_augment_workers
 from benchmark.config import check_range
 from benchmark.data.batches import Batch, Normalizer
 from benchmark.data.loader import Pairs
@@ -77,17 +81,9 @@ from benchmark.data.pairs import PairSet
 from benchmark.device import current_runtime
 from benchmark.errors import UserError
 from benchmark.seeding import derive_seed
-from benchmark.training import clip_loss, train
+from benchmark.training import clip_loss, clip_ssl_loss, self_supervised_loss, train
 from defenses import DEFENSES
 from defenses.base import DefenseContext, TrainingDefense
-from defenses.cleanclip import (
-    AugmentedViews,
-    cleanclip_loss,
-    default_augment_workers,
-    self_supervised_loss,
-)
-from defenses.cleanclip.augment import BatchAutoAugment
-from defenses.cleanclip.text_augment import EDA
 from defenses.roclip import FeaturePool
 
 SCORE_BATCH = 2_048  # the code's eval_batch_size for the similarity pass
@@ -377,7 +373,7 @@ def inmodal_loss(model: nn.Module, batch: Batch, banks: tuple[FeaturePool, Featu
     """``½[CE(s·Z²Z¹ᵀ) + CE(s·T²T¹ᵀ)]`` (view 2 the original, view 1 augmented: CleanCLIP's ``L_SS``); with
     ``banks``, ``Z¹``/``T¹`` are their nearest neighbours in the banks, which then take the batch's view 1."""
     if banks is None:
-        return cleanclip_loss(model, batch, clip_weight=0.0, inmodal_weight=1.0)
+        return clip_ssl_loss(model, batch, clip_weight=0.0, inmodal_weight=1.0)
     images, augmented_images, texts, augmented_texts, scale = _both_views(model, batch)
     image_neighbours = banks[0].nearest_then_enqueue(augmented_images, augmented_images)
     text_neighbours = banks[1].nearest_then_enqueue(augmented_texts, augmented_texts)

@@ -10,7 +10,7 @@ import torch
 from scipy.stats import chi2_contingency
 from torchvision.transforms import v2
 
-from defenses.cleanclip.augment import BatchAutoAugment
+from benchmark.augment.image import BatchAutoAugment
 
 IMAGES = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 

@@ -10,17 +10,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.augment.text import EDA, default_wordnet
+from benchmark.augment.views import AugmentedPairBatches, AugmentedViews
 from benchmark.data.batches import Normalizer
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
 from benchmark.models import create_model, tokenizer_for
 from benchmark.progress import Reporter
-from defenses.cleanclip.text_augment import EDA, default_wordnet
-from benchmark.training import clip_loss
+from benchmark.training import clip_loss, clip_ssl_loss
 from benchmark.training_recipe import TrainRecipe
 from defenses import DEFENSES
 from defenses.base import DefenseContext
-from defenses.cleanclip import AugmentedViews, CleanCLIPBatches, CleanCLIPConfig, cleanclip_loss
+from defenses.cleanclip import CleanCLIPConfig
 from defenses.ssl_only import SSLOnlyConfig
 
 MODEL = "cleanbench-vit-tiny"
@@ -56,7 +57,7 @@ def test_loss_equals_hand_computed_value(clip_weight: float, inmodal_weight: flo
     e1, e2 = [1.0, 0.0], [0.0, 1.0]
     batch = {"images": torch.tensor([e1, e2, [-1.0, 0.0]]), "texts": torch.tensor([e1, e1, e2]),
              "augmented_images": torch.tensor([e1, e2, e2]), "augmented_texts": torch.tensor([e2, e1, [0.0, -1.0]])}
-    loss = cleanclip_loss(FixedFeatures(), batch, clip_weight, inmodal_weight)
+    loss = clip_ssl_loss(FixedFeatures(), batch, clip_weight, inmodal_weight)
     assert loss.item() == pytest.approx(_hand_loss(clip_weight, inmodal_weight), rel=1e-6)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
@@ -77,7 +78,7 @@ def test_without_the_ssl_term_the_loss_is_exactly_the_finetune_loss():
     images = Normalizer(model)(pairs.images)
     texts = tokenizer_for(MODEL)(pairs.captions)
     batch = {"images": images, "texts": texts, "augmented_images": images.flip(-1), "augmented_texts": texts.flip(0)}
-    assert torch.equal(cleanclip_loss(model, batch, 1.0, 0.0), clip_loss(model, batch))
+    assert torch.equal(clip_ssl_loss(model, batch, 1.0, 0.0), clip_loss(model, batch))
 
 
 def test_one_forward_pass_of_2n_matches_separate_passes():
@@ -92,7 +93,7 @@ def test_one_forward_pass_of_2n_matches_separate_passes():
     ssl = (F.cross_entropy(scale * original["image_features"] @ augmented["image_features"].T, targets)
            + F.cross_entropy(scale * original["text_features"] @ augmented["text_features"].T, targets)) / 2
     expected = clip_loss(model, batch) + 2.0 * ssl
-    torch.testing.assert_close(cleanclip_loss(model, batch, 1.0, 2.0), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(clip_ssl_loss(model, batch, 1.0, 2.0), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_autoaugment_touches_only_the_augmented_view():
@@ -108,9 +109,10 @@ def test_autoaugment_touches_only_the_augmented_view():
     assert changed >= 4  # AutoAugment's ImageNet policy changes most images
 
 
-def _batches(pairs: PairSet, model: nn.Module, redraw: bool) -> CleanCLIPBatches:
-    return CleanCLIPBatches(pairs, tokenizer_for(MODEL), Normalizer(model), 8, seed=1, device=torch.device("cpu"),
-                            eda=EDA(0.3, default_wordnet()), redraw_text=redraw, num_workers=0)
+def _batches(pairs: PairSet, model: nn.Module, redraw: bool) -> AugmentedPairBatches:
+    return AugmentedPairBatches(pairs, tokenizer_for(MODEL), Normalizer(model), 8, seed=1,
+                                device=torch.device("cpu"), eda=EDA(0.3, default_wordnet()), redraw_text=redraw,
+                                num_workers=0)
 
 
 def test_batches_keep_originals_and_captions_paired_and_untouched():

@@ -17,9 +17,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from benchmark.models import create_model, tokenizer_for
-from benchmark.training import clip_loss, train
+from benchmark.training import clip_loss, clip_ssl_loss, train
 from benchmark.training_recipe import TrainRecipe
-from defenses.cleanclip import cleanclip_loss
 from tests.helpers import MODEL, TRAIN_BATCH_SIZE, learnable_batches
 
 WORLD_SIZE = 2
@@ -92,7 +91,7 @@ class _single_process:
 
 
 RUNS = (("sharded", learnable_batches, clip_loss), ("plain", _global_batches, clip_loss),
-        ("cleanclip", _cleanclip_batches, cleanclip_loss))
+        ("cleanclip", _cleanclip_batches, clip_ssl_loss))
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -112,7 +111,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     mp.spawn(_worker, args=(str(tmp_path / "rendezvous"), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
     clip_reference = _run(learnable_batches)
     references = {"sharded": clip_reference, "plain": clip_reference,
-                  "cleanclip": _run(_cleanclip_batches, cleanclip_loss)}
+                  "cleanclip": _run(_cleanclip_batches, clip_ssl_loss)}
     for name, (reference_losses, reference_state) in references.items():
         assert len(reference_losses) == 8
         losses = json.loads((tmp_path / f"{name}.json").read_text())

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from defenses.cleanclip import text_augment
-from defenses.cleanclip.text_augment import (EDA, WordNet, clean_words, random_deletion, random_insertion, random_swap,
+from benchmark.augment import text as text_augment
+from benchmark.augment.text import (EDA, WordNet, clean_words, random_deletion, random_insertion, random_swap,
                                     synonym_replacement)
 
 WORDS = "a blurry photo of a leather boot on a plain background".split()

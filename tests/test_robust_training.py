@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.augment.text import EDA
 from benchmark.data.batches import Normalizer
 from benchmark.data.pairs import EvalSet, PairSet
 from benchmark.errors import UserError
@@ -19,7 +20,6 @@ from benchmark.progress import Reporter
 from benchmark.training_recipe import VictimRecipe
 from defenses import DEFENSES
 from defenses.base import DefenseContext
-from defenses.cleanclip.text_augment import EDA
 from defenses.roclip import FeaturePool, RoCLIPConfig, nearest_caption_loss
 from defenses.safeclip import (
     FilteredEpochs,

@@ -1,9 +1,12 @@
 """EDA text augmentation (Wei & Zou 2019, "EDA: Easy Data Augmentation Techniques…"), as CleanCLIP uses it.
 
-CleanCLIP (reference §4) calls ``eda(caption, alpha_sr=.1, alpha_ri=.1, alpha_rs=.1, p_rd=.1, num_aug=1)`` from
-the EDA authors' ``eda.py``: the caption is lowercased and stripped to letters, one candidate is built with each
-of synonym replacement (WordNet), random insertion, random swap and random deletion, editing
-``n = max(1, int(alpha · #words))`` words, and one candidate is kept at random. This module ports that code.
+CleanCLIP's official code (github.com/nishadsinghi/CleanCLIP @ d6e2f1dbf0ad952c05b816c6024d8205682a0674,
+``utils/augment_text.py`` L9-11, ``src/data.py`` L36-37) calls ``eda(caption, alpha_sr=.1, alpha_ri=.1,
+alpha_rs=.1, p_rd=.1, num_aug=1)`` from the EDA authors' ``eda.py`` (``utils/eda.py`` L170-219): the caption is
+lowercased and stripped to letters, one candidate is built with each of synonym replacement (WordNet), random
+insertion, random swap and random deletion, editing ``n = max(1, int(alpha · #words))`` words, and one candidate
+is kept at random. This module ports that code. It serves every user of EDA captions: CleanCLIP and SSL-only,
+RoCLIP, SafeCLIP and the ``clip+ssl`` victim objective.
 
 WordNet is read straight from the WordNet database files (``index.<pos>``, ``data.<pos>``, ``<pos>.exc``), with
 the lemmatisation rules of NLTK's ``morphy``, so there is no NLTK dependency. Sources, first found wins: the

@@ -1,5 +1,11 @@
 """AutoAugment (ImageNet policy) for a whole batch of uint8 images at once, as CleanCLIP's image augmentation.
 
+CleanCLIP's official code (github.com/nishadsinghi/CleanCLIP @ d6e2f1dbf0ad952c05b816c6024d8205682a0674) makes
+its augmented view with ``torchvision.transforms.AutoAugment()`` (``utils/augment_image.py`` L12-17), drawn anew
+on every ``ImageCaptionDataset.__getitem__`` (``src/data.py`` L61-64). Here it serves every user of such views:
+CleanCLIP and SSL-only, RoCLIP, SafeCLIP, the ``clip+ssl`` victim objective (through
+:mod:`benchmark.augment.views`) and BadCLIP's trigger optimisation.
+
 torchvision's ``v2.AutoAugment`` transforms one image per call, and on a small image that time is almost all
 Python dispatch: on the tiny default, a large share of a CleanCLIP epoch (the epoch's cost against plain
 finetuning: ``benchmarks/results/perf-2026-11-28.md``). Here every image still draws its own sub-policy, its
@@ -71,3 +77,11 @@ class BatchAutoAugment:
                 out[rows] = self.reference._apply_image_or_video_transform(
                     out[rows], name, magnitude, interpolation=self.reference.interpolation, fill=self.reference._fill)
         return out
+
+
+def auto_augment():
+    """torchvision's AutoAugment with the ImageNet policy, on uint8 image tensors (one image per call: the
+    per-image transform a streamed split's decoding workers apply)."""
+    from torchvision.transforms import v2
+
+    return v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)
