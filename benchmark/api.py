@@ -44,7 +44,7 @@ from leaderboard import DEFAULT_MAX_CA_COST
 
 if TYPE_CHECKING:
     from attacks.base import Attack
-    from benchmark.config import Preset
+    from benchmark.presets import Preset
     from benchmark.registry import Registry
     from benchmark.runner.plan import Plan
     from benchmark.runner.record import RunSummary
