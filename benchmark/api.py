@@ -1,10 +1,30 @@
-"""Running a grid from Python: :func:`run_grid` does all that ``cleanbench run`` does, and the command only wraps
-it (as lm-evaluation-harness's CLI wraps ``simple_evaluate``). Tests and notebooks call it directly::
+"""Running a grid from Python: :func:`run_grid` does all that ``cleanbench run`` does but write the report, and
+the command only wraps it (as lm-evaluation-harness's CLI wraps ``simple_evaluate``: the library call returns
+results, the command saves the page). Tests and notebooks call it directly::
 
-    from benchmark.api import run_grid
+    from benchmark.api import run_grid, write_report
 
     grid = run_grid(["badnet"], ["none", "finetune"], [0], preset="fmnist-tiny", out="results", workers=1)
     grid.summary.cells_failed, grid.results  # what ran, and the path of results.csv
+    write_report(grid)  # the trigger gallery and the leaderboard (index.html), as `cleanbench run` writes them
+
+Attacks and defenses may be given as classes as well as names, e.g. a defense written in the notebook itself (it
+is registered under its ``name``; ``workers=1`` as worker processes cannot import a class from a notebook)::
+
+    from dataclasses import dataclass
+    from defenses.base import Defense
+
+    @dataclass(frozen=True)
+    class IdentityConfig:
+        pass
+
+    class Identity(Defense):  # returns the model unchanged
+        name, version, Config, uses_recipe = "identity", "1", IdentityConfig, False
+
+        def apply(self, model, clean_data, context):
+            return model
+
+    run_grid(["badnet"], [Identity, "cleanclip"], [0], workers=1)
 
 Bad input raises :class:`~benchmark.errors.UserError` before anything is trained or written. Heavy imports
 happen inside the call, so importing this module stays cheap.
@@ -17,10 +37,21 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 from benchmark.results import BENIGN_ATTACK, GALLERY_FILE, RESULTS_FILE
 from leaderboard import DEFAULT_MAX_CA_COST
+
+if TYPE_CHECKING:
+    from attacks.base import Attack
+    from benchmark.presets import Preset
+    from benchmark.registry import Registry
+    from benchmark.runner.plan import Plan
+    from benchmark.runner.record import RunSummary
+    from defenses.base import Defense
+
+    AttackChoice = Union[str, type[Attack]]
+    DefenseChoice = Union[str, type[Defense]]
 
 DEFAULT_PRESET = "fmnist-tiny"
 
@@ -38,36 +69,47 @@ class SlurmSettings:
 @dataclass
 class GridRun:
     """What :func:`run_grid` did: the plan it ran (the first sweep point's, with a sweep), the run's summary, and
-    where the results are."""
+    where the results are; :func:`write_report` turns it into the gallery and the leaderboard."""
 
-    plan: Any  # benchmark.runner.plan.Plan
-    summary: Any  # benchmark.runner.record.RunSummary
+    plan: Plan
+    summary: RunSummary
     out: Path
-    leaderboard: Path | None = None  # index.html; None on the other ranks of a torchrun job
-    plans: list[Any] = dataclasses.field(default_factory=list)  # one per sweep point (``plan`` is the first)
+    plans: list[Plan] = dataclasses.field(default_factory=list)  # one per sweep point (``plan`` is the first)
+    preset: Preset | None = None  # the preset run (before any sweep point's settings); None: ``plan.preset``
 
     @property
     def results(self) -> Path:
         return self.out / RESULTS_FILE
 
+    @property
+    def attacks(self) -> list[str]:
+        """The attacks run, in the order given (the benign control left out)."""
+        return list(dict.fromkeys(victim.attack for victim in self.plan.victims if victim.attack != BENIGN_ATTACK))
 
-def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str] = "all",
+
+def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequence[DefenseChoice] = "all",
              seeds: str | Sequence[int] = (0,), *, preset: str = DEFAULT_PRESET, out: str | Path = "results",
              device: str = "auto", poison_rate: float | None = None, poison_count: int | None = None,
              data_dir: str | Path | None = None, data: Sequence[str] = (), plugins: Sequence[str] = (),
              no_plugin_autoload: bool = False, precision: str = "auto", compile_model: bool = False, gpus: int = 1,
              executor: str = "local", workers: int = 0, slurm: SlurmSettings = SlurmSettings(),
-             max_ca_cost: float = DEFAULT_MAX_CA_COST, sweeps: Sequence[str] = (),
-             warn: Callable[[str], None] | None = None, before_run: Callable[[], None] | None = None) -> GridRun:
-    """Run ``preset × (attacks + benign control) × defenses × seeds`` into ``out``: results.csv, the cache, the
-    trigger gallery and the leaderboard. The arguments are ``cleanbench run``'s options: ``attacks`` and
-    ``defenses`` as names or a comma-separated string (``"all"``; ``attacks="none"`` runs the benign control
-    only), ``seeds`` as integers or ``"0,1,2"``, ``sweeps`` as ``"KEY=V1,V2"`` (added to the preset's ``[sweep]``;
-    every point is planned and checked first, then run in turn, :mod:`benchmark.sweeps`). ``warn`` receives each plugin that failed to load (default:
-    :func:`warnings.warn`); ``before_run`` is called once everything is checked, before anything is written (the
-    CLI relaunches itself under torchrun there).
+             sweeps: Sequence[str] = (), warn: Callable[[str], None] | None = None,
+             before_run: Callable[[], None] | None = None) -> GridRun:
+    """Run ``preset × (attacks + benign control) × defenses × seeds`` into ``out``: results.csv and the cache; the
+    report (trigger gallery and leaderboard) is :func:`write_report`'s, which ``cleanbench run`` calls after this.
+
+    The arguments are ``cleanbench run``'s options: ``attacks`` and ``defenses`` as a comma-separated string
+    (``"all"``; ``attacks="none"`` runs the benign control only) or a list whose items are names or classes (an
+    :class:`~attacks.base.Attack` or :class:`~defenses.base.Defense` subclass: registered under its ``name`` if
+    it is not yet, then run by name, e.g. ``run_grid([MyAttack], [MyDefense, "cleanclip"])``; worker processes
+    import a class from its module, so one defined in ``__main__`` or inside a function needs ``workers=1``),
+    ``seeds`` as integers or ``"0,1,2"``, ``sweeps`` as ``"KEY=V1,V2"`` (added to the preset's ``[sweep]``; every
+    point is planned and checked first, then run in turn, :mod:`benchmark.sweeps`). ``warn`` receives each plugin
+    that failed to load (default: :func:`warnings.warn`); ``before_run`` is called once everything is checked,
+    before anything is written (the CLI relaunches itself under torchrun there).
     """
     from attacks import ATTACKS
+    from attacks.base import Attack
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
     from benchmark.progress import Reporter
@@ -78,14 +120,16 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from benchmark.sweeps import axes_of, sweep_points
     from benchmark.task import build_task, pretrain_pair_count
     from defenses import DEFENSES
+    from defenses.base import Defense
 
     for failure in load_plugins(plugins, no_plugin_autoload):
         (warn or _warn)(failure.message())
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
-    attack_spec = _names(attacks)
+    given = [*_classes(attacks), *_classes(defenses)]
+    attack_spec = _names(attacks, ATTACKS, Attack)
     attack_names = [] if attack_spec.strip() == BENIGN_ATTACK else ATTACKS.resolve(attack_spec)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
-    defense_names = DEFENSES.resolve(_names(defenses))
+    defense_names = DEFENSES.resolve(_names(defenses, DEFENSES, Defense))
     plans = [plan_grid(point.preset, attack_names, defense_names, seed_list, sweep=point.values,
                        attack_overrides=attack_overrides(poison_rate, poison_count))
              for point in sweep_points(chosen_preset, axes_of(chosen_preset, sweeps))]
@@ -102,41 +146,94 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     main = distributed.world().is_main
     reporter = Reporter(quiet=not main)
     out = Path(out)
+    worker_plugins = tuple(dict.fromkeys([*plugins, *filter(None, map(_import_spec, given))]))
     grid_executor = build_executor(executor, workers=workers, gpus=gpus, device=torch_device, device_name=device,
-                                   out=out, plugins=plugins, no_plugin_autoload=no_plugin_autoload, slurm=slurm)
+                                   out=out, plugins=worker_plugins, no_plugin_autoload=no_plugin_autoload, slurm=slurm)
+    _check_classes_reach_workers(given, grid_executor)
     summary = RunSummary()
     for plan in plans:  # each logs its plan once the output folder is checked and locked
         summary.merge(run_plan(plan, out, torch_device, reporter, executor=grid_executor))
-    run = GridRun(plans[0], summary, out, plans=plans)
-    if not main:
-        return run
-    clean = f"{summary.pretrained_trained} clean model pretrained, " if summary.pretrained_trained else ""
-    reporter.log(f"done: {clean}{summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
-                 f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
-                 f"{summary.cells_failed} failed")
-    _write_outputs(run, chosen_preset, attack_names, reporter, max_ca_cost)
+    run = GridRun(plans[0], summary, out, plans=plans, preset=chosen_preset)
+    if main:
+        clean = f"{summary.pretrained_trained} clean model pretrained, " if summary.pretrained_trained else ""
+        reporter.log(f"done: {clean}{summary.victims_trained} victims trained, {summary.victims_loaded} reused; "
+                     f"{summary.cells_run} cells run, {summary.cells_skipped + summary.cells_reused} reused, "
+                     f"{summary.cells_failed} failed")
     return run
 
 
-def _write_outputs(run: GridRun, preset, attack_names: list[str], reporter, max_ca_cost: float) -> None:
-    """The trigger gallery (what each trigger looks like, embedded in the page) and the leaderboard."""
+def write_report(run: GridRun, *, max_ca_cost: float = DEFAULT_MAX_CA_COST,
+                 log: Callable[[str], None] | None = None) -> Path | None:
+    """Write what ``cleanbench run`` leaves beside the results of ``run``: the trigger gallery (what each trigger
+    looks like, embedded in the page) and the leaderboard (``leaderboard.csv``, plots and ``index.html``, ranking
+    defenses whose CA cost is at most ``max_ca_cost``). Returns the page's path (None when no row was written);
+    ``log`` receives one line per step (default: the run's timestamped lines on stderr). Under torchrun, call it on
+    the main rank only."""
     from benchmark.gallery import draw_gallery
+    from benchmark.progress import Reporter
     from benchmark.runner.store import ArtifactStore
     from leaderboard.build import write_leaderboard
 
+    say = log or Reporter().log
+    attack_names = run.attacks
     if attack_names:
         try:  # with the run's cache, an optimised trigger is drawn as the run made it, not made again
-            draw_gallery(preset, attack_names, run.out / GALLERY_FILE,
-                         cache_dir=ArtifactStore(run.out / "cache").attacks_dir)
+            draw_gallery(run.preset or run.plan.preset, attack_names, run.out / GALLERY_FILE,
+                         cache_dir=ArtifactStore.of_run(run.out).attacks_dir)
         except Exception as error:  # noqa: BLE001 - a plugin trigger that raises has failed its cells already
-            reporter.log(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
-    if run.results.exists():
-        run.leaderboard = write_leaderboard([run.results], run.out, max_ca_cost=max_ca_cost)
-        reporter.log(f"leaderboard: {run.leaderboard}")
+            say(f"trigger gallery not drawn: {type(error).__name__}: {error}".splitlines()[0])
+    if not run.results.exists():
+        return None
+    page = write_leaderboard([run.results], run.out, max_ca_cost=max_ca_cost)
+    say(f"leaderboard: {page}")
+    return page
 
 
-def _names(names: str | Sequence[str]) -> str:
-    return names if isinstance(names, str) else ",".join(names)
+def _names(choices: str | Sequence[str | type], registry: Registry, base: type) -> str:
+    """``choices`` as the comma-separated names the registry resolves; a class (a ``base`` subclass) is registered
+    under its ``name`` first (registering the class already there under that name again is harmless)."""
+    from benchmark.errors import UserError
+
+    if isinstance(choices, str):
+        return choices
+    names = []
+    for choice in choices:
+        if isinstance(choice, type):
+            if not issubclass(choice, base) or not isinstance(getattr(choice, "name", None), str):
+                raise UserError(f"{choice.__qualname__}, given as {registry.kind}: derive it from "
+                                f"{base.__module__}.{base.__qualname__} and give it a `name`")
+            registry.register()(choice)  # a UserError for a bad name, or one another class already holds
+            names.append(choice.name)
+        else:
+            names.append(choice)
+    return ",".join(names)
+
+
+def _classes(choices: str | Sequence[str | type]) -> list[type]:
+    return [] if isinstance(choices, str) else [choice for choice in choices if isinstance(choice, type)]
+
+
+def _import_spec(cls: type) -> str:
+    """The plugin spec by which a fresh worker process loads ``cls``: ``module:Class``, or the file of a class
+    loaded from a plugin file; "" for a class it cannot import (defined in ``__main__`` or inside a function)."""
+    import sys
+
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return ""
+    if cls.__module__.startswith("cleanbench_plugin_"):  # benchmark.plugins loads a plugin file under this name
+        return str(getattr(sys.modules.get(cls.__module__), "__file__", "") or "")
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _check_classes_reach_workers(classes: list[type], executor: object) -> None:
+    """Refuse, before anything runs, a class given to ``run_grid`` that worker processes could not import."""
+    from benchmark.errors import UserError
+    from benchmark.runner.executors import InProcess
+
+    stranded = [cls for cls in classes if not _import_spec(cls)]
+    if stranded and not isinstance(executor, InProcess):
+        raise UserError(f"{stranded[0].__qualname__} is defined in __main__ or inside a function, so worker processes "
+                        "cannot import it: pass workers=1 (this process runs every cell) or define it in a module")
 
 
 def _warn(message: str) -> None:

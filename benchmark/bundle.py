@@ -7,12 +7,14 @@
     bundle.json                          what was submitted: defense, preset, attacks, seeds, versions, sources
     results.csv                          the defense's rows and the no-defense and benign-control rows they
                                          are compared with
-    cache/cells/<cell_id>/predictions.npz  per-image predictions, where the run kept them
+    cache/cells/<key>/predictions.npz    per-image predictions, where the run kept them, in each row's cache
+                                         folder (benchmark.cache_layout)
     preset.toml                          the preset the rows were run with
     source/<kind>/<name>/...             each attack's and the defense's source (benchmark.provenance)
     environment/pip-freeze.txt, environment/hardware.json
 
-so an extracted bundle is laid out as a run's output folder and reads as one.
+so an extracted bundle is laid out as a run's output folder and reads as one. Its rows must be cells its preset
+plans as they are (:func:`unplanned_rows`, checked by ``submit`` before writing and by ``verify`` before rerunning).
 
 A bundle comes from someone else and is untrusted: :func:`extract_bundle` refuses, before anything is
 written outside a fresh folder or run, any path that could escape it (absolute, ``..``, links, odd characters),
@@ -36,7 +38,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.provenance import source_hash
-from benchmark.results import RESULTS_FILE, ResultsFile
+from benchmark.results import BENIGN_ATTACK, RESULTS_FILE, ResultsFile
 from benchmark.storage import atomic_path, sha256_file
 
 FORMAT_VERSION = 1
@@ -239,6 +241,20 @@ def check_sources(folder: Path, meta: dict[str, Any]) -> None:
                 raise BundleError(f"row {row['cell_id']} ({row['attack']} × {row['defense']} seed {row['seed']}) "
                                   f"records another source hash for {kind} '{row[kind]}' than the bundled source: "
                                   "refused")
+
+
+def unplanned_rows(rows: list[dict[str, str]], defense: str, preset_path: Path,
+                   data_dir: str | None) -> list[dict[str, str]]:
+    """The rows whose cell id planning ``preset_path`` for their attacks, ``defense`` and seeds does not give (a
+    bundle must have none: its cells could not be rerun as they are)."""
+    from benchmark.api import load_with_data_dir
+    from benchmark.runner import plan_grid
+
+    preset = load_with_data_dir(str(preset_path), data_dir or None)
+    attacks = sorted({row["attack"] for row in rows} - {BENIGN_ATTACK})
+    seeds = sorted({int(row["seed"]) for row in rows})
+    planned = {cell.key for cell in plan_grid(preset, attacks, [defense], seeds).cells}
+    return [row for row in rows if row["cell_id"] not in planned]
 
 
 def record_path(bundle: Path) -> Path:

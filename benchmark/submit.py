@@ -22,9 +22,9 @@ from typing import Any
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import FORMAT_VERSION, META, PRESET, SOURCE_DIR, write_bundle
+from benchmark.bundle import FORMAT_VERSION, META, PRESET, SOURCE_DIR, unplanned_rows, write_bundle
+from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.errors import UserError
-from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.presets import builtin_presets
 from benchmark.provenance import Origin, git_commit, origin_of
 from benchmark.results import BENIGN_ATTACK, COLUMNS, REFERENCE_DEFENSE, RESULTS_FILE, ResultsFile
@@ -40,10 +40,11 @@ def submit(out: Path, defense: str, bundle: Path, preset: str | None = None, dat
     _check_plan(rows, defense, preset_path, data_dir)
     components = _components(rows, defense)
     files: dict[str, bytes] = {RESULTS_FILE: _csv(rows), PRESET: preset_path.read_bytes()}
+    cache = CacheLayout.of_run(out)
     for row in rows:
-        predictions = out / "cache" / "cells" / row["cell_id"] / PREDICTIONS_FILE
-        if row["status"] == "ok" and predictions.is_file():
-            files[f"cache/cells/{row['cell_id']}/{PREDICTIONS_FILE}"] = predictions.read_bytes()
+        key = cell_folder_key(row)  # the row's cache folder: its cache_key (in a sweep, not its cell_id)
+        if row["status"] == "ok" and key is not None and cache.cell_predictions_path(key).is_file():
+            files[cell_predictions_member(key)] = cache.cell_predictions_path(key).read_bytes()
     for (kind, name), origin in components.items():
         for file in origin.files:
             files[f"{SOURCE_DIR}/{kind}/{name}/{file}"] = (origin.root / file).read_bytes()
@@ -79,20 +80,6 @@ def _preset_path(name_or_path: str) -> Path:
     if name_or_path not in presets:
         raise UserError(f"preset '{name_or_path}' is not built in: give the preset file the run used with --preset")
     return presets[name_or_path]
-
-
-def unplanned_rows(rows: list[dict[str, str]], defense: str, preset_path: Path,
-                   data_dir: str | None) -> list[dict[str, str]]:
-    """The rows whose cell id planning ``preset_path`` for their attacks, ``defense`` and seeds does not give (a
-    bundle must have none: its cells could not be rerun as they are)."""
-    from benchmark.api import load_with_data_dir
-    from benchmark.runner import plan_grid
-
-    preset = load_with_data_dir(str(preset_path), data_dir or None)
-    attacks = sorted({row["attack"] for row in rows} - {BENIGN_ATTACK})
-    seeds = sorted({int(row["seed"]) for row in rows})
-    planned = {cell.key for cell in plan_grid(preset, attacks, [defense], seeds).cells}
-    return [row for row in rows if row["cell_id"] not in planned]
 
 
 def _check_plan(rows: list[dict[str, str]], defense: str, preset_path: Path, data_dir: str | None) -> None:

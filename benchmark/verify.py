@@ -7,11 +7,12 @@ components must be the same code here (same source hash), and plugin code is loa
 is installed under the same name. A bundle may not bring its own code under a built-in's name (it could
 otherwise replace the no-defense reference it is measured against).
 
-The rerun goes through :func:`benchmark.api.run_grid` into a scratch folder, in this process. A cell is compared
-bitwise (every metric column, and the per-image predictions where the bundle has them) when both ran on the same
-kind of CPU (model and the instruction set torch dispatches to: another one rounds some kernels differently) with
-the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must agree
-within a stated absolute tolerance and the image counts exactly. Verifying runs the plugin's code: do it in a
+The rerun goes through :func:`benchmark.api.run_grid` into a scratch folder, in this process (results and cache
+only: the library call draws no page). A cell is compared bitwise (every metric column, and the per-image
+predictions where the bundle has them, each row's from its cache folder: :mod:`benchmark.cache_layout`) when both
+ran on the same kind of CPU (model and the instruction set torch dispatches to: another one rounds some kernels
+differently) with the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must
+agree within a stated absolute tolerance and the image counts exactly. Verifying runs the plugin's code: do it in a
 sandbox for code you do not trust.
 """
 
@@ -31,15 +32,14 @@ import numpy as np
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path
+from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path, unplanned_rows
+from benchmark.cache_layout import CacheLayout
 from benchmark.errors import UserError
 from benchmark.plugins import load_plugins
-from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import load_predictions
 from benchmark.provenance import git_commit, origin_of
 from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
 from benchmark.storage import write_text_atomic
-from benchmark.submit import unplanned_rows
 from defenses import DEFENSES
 
 DEFAULT_TOLERANCE = 0.02  # absolute, on CA, top-5 CA and ASR, where a bitwise comparison is not possible
@@ -251,8 +251,9 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
         if row[column] != rerun[column]:
             return check(False, f"{column} is {row[column] or 'empty'} in the bundle, {rerun[column] or 'empty'} on "
                                 f"the rerun (bitwise on cpu, {row['torch_threads']} threads)")
-    return _same_predictions(check, bundle_folder / "cache" / "cells" / row["cell_id"] / PREDICTIONS_FILE,
-                             rerun_folder / "cache" / "cells" / rerun["cell_id"] / PREDICTIONS_FILE)
+    # Each row's cache folder is its cache_key (in a sweep not its cell_id), as the layout says.
+    return _same_predictions(check, CacheLayout.of_run(bundle_folder).row_predictions_path(row),
+                             CacheLayout.of_run(rerun_folder).row_predictions_path(rerun))
 
 
 def _within(check: Callable[[bool, str], CellCheck], row: dict[str, str], rerun: dict[str, str],
@@ -275,9 +276,12 @@ def _machine(row: dict[str, str]) -> str:
     return f"{row['device']} ({row['torch_threads'] or '?'} threads, {row['cpu'] or 'CPU not recorded'})"
 
 
-def _same_predictions(check: Callable[[bool, str], CellCheck], path: Path, rerun_path: Path) -> CellCheck:
-    if not path.is_file():
+def _same_predictions(check: Callable[[bool, str], CellCheck], path: Path | None,
+                      rerun_path: Path | None) -> CellCheck:
+    if path is None or not path.is_file():
         return check(True, "bitwise: every metric equal; the bundle has no predictions for it")
+    if rerun_path is None or not rerun_path.is_file():
+        return check(False, "the rerun kept no predictions to compare with the bundle's")
     bundled, rerun = load_predictions(path), load_predictions(rerun_path)
     for name in ("clean_label", "clean_pred", "triggered_index", "triggered_pred"):
         if not np.array_equal(getattr(bundled, name), getattr(rerun, name)):

@@ -371,7 +371,9 @@ def _copy_cache(source: Path, destination: Path) -> None:
     """A fresh output folder that holds only the cached victim (no results, no cell metrics)."""
     import shutil
 
-    shutil.copytree(source / "cache" / "victims", destination / "cache" / "victims")
+    from benchmark.cache_layout import CacheLayout
+
+    shutil.copytree(CacheLayout.of_run(source).victims_dir, CacheLayout.of_run(destination).victims_dir)
 
 
 def _preset_with_train_pairs(preset, train_pairs: int) -> str:

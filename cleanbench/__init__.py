@@ -25,7 +25,9 @@ What is here:
 - evaluation: :func:`classifier_for` and :func:`evaluate` (CA and ASR as the runner computes them);
 - configs and errors: :func:`check_range`, :func:`build_config`, :func:`config_dict`, :func:`derive_seed`,
   :class:`UserError`, and :class:`Reporter` (progress and log lines);
-- the conformance suite: :func:`check`, :func:`assert_conforms`, :class:`CheckResult`; and :func:`run_grid`.
+- the conformance suite: :func:`check`, :func:`assert_conforms`, :class:`CheckResult`; and :func:`run_grid` (a
+  grid from Python, attacks and defenses by name or class, returning a :class:`GridRun`) with
+  :func:`write_report` (the gallery and the leaderboard page ``cleanbench run`` writes after it).
 
 Names are imported on first use, so ``import cleanbench`` is cheap and loads no torch until a name needs it.
 """
@@ -52,7 +54,7 @@ _EXPORTS: dict[str, str] = {
     "derive_seed": "benchmark.seeding", "UserError": "benchmark.errors", "Reporter": "benchmark.progress",
     "check": "benchmark.conformance", "assert_conforms": "benchmark.conformance",
     "CheckResult": "benchmark.conformance",
-    "run_grid": "benchmark.api",
+    "run_grid": "benchmark.api", "write_report": "benchmark.api", "GridRun": "benchmark.api",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import warnings
 from pathlib import Path
 
 import pandas as pd
 
+from benchmark.cache_layout import CacheLayout, is_cache_key
 from benchmark.errors import UserError
-from benchmark.predictions import FILENAME as PREDICTIONS_FILE
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
 from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, METRIC_COLUMNS, RESULTS_FILE,
                                SCHEMA_VERSION, UPGRADABLE, sweep_label)
@@ -32,7 +31,6 @@ REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
 REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
 ASR_COLUMNS = ("asr", "asr_low", "asr_high")
 STATUSES = ("ok", "failed")
-CELL_ID = re.compile(r"[0-9a-f]{16}")  # the runner's cache keys; anything else never becomes part of a path
 
 
 def resolve_results_path(path: Path) -> Path:
@@ -246,16 +244,17 @@ def _check_conflicts(table: pd.DataFrame) -> None:
 
 
 def load_cell_predictions(results: pd.DataFrame) -> dict[str, Predictions]:
-    """The per-image predictions of every ``ok`` row that has them: ``cache/cells/<cell_id>/predictions.npz``
-    beside the row's results file (:mod:`benchmark.predictions`). Folders written before predictions existed
-    simply have none. A damaged or inconsistent file is skipped with a warning, never trusted."""
+    """The per-image predictions of every ``ok`` row that has them, keyed by ``cell_id``: the predictions file of
+    the row's cache folder beside its results file (:meth:`benchmark.cache_layout.CacheLayout.row_predictions_path`;
+    :mod:`benchmark.predictions`). Folders written before predictions existed simply have none. A damaged or
+    inconsistent file is skipped with a warning, never trusted."""
     found: dict[str, Predictions] = {}
     for row in results[results["status"] == "ok"].itertuples():
-        if not CELL_ID.fullmatch(str(row.cell_id)):
+        if not is_cache_key(row.cell_id):
             continue  # hand-made or foreign ids name no cache folder
-        folder = row.cache_key if isinstance(row.cache_key, str) and CELL_ID.fullmatch(row.cache_key) else row.cell_id
-        path = Path(row.source).parent / "cache" / "cells" / folder / PREDICTIONS_FILE
-        if not path.is_file():
+        path = CacheLayout.of_run(Path(row.source).parent).row_predictions_path(
+            {"cell_id": row.cell_id, "cache_key": row.cache_key})
+        if path is None or not path.is_file():
             continue
         try:
             predictions = load_predictions(path)

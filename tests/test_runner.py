@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 import os
 import shutil
 import signal
@@ -16,14 +17,16 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmark.api import run_grid
+from benchmark.api import GridRun, run_grid
 from benchmark.device import cpu_kind
 from benchmark.errors import UserError
 from benchmark.presets import load_preset
-from benchmark.results import METRIC_COLUMNS, RESULTS_FILE, ResultsFile
+from benchmark.results import GALLERY_FILE, METRIC_COLUMNS, RESULTS_FILE, ResultsFile
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.lock import OutputLock
+from benchmark.runner.store import ArtifactStore
 from defenses import DEFENSES
+from defenses.base import Defense
 from tests.helpers import TEST_PRESET, write_small_preset
 
 CPU = torch.device("cpu")
@@ -37,8 +40,73 @@ def finished_run(tmp_path_factory) -> Path:
                     no_plugin_autoload=True)  # the library call `cleanbench run` wraps
     summary = grid.summary
     assert (summary.victims_trained, summary.cells_run, summary.cells_failed) == (2, 4, 0)
-    assert grid.results == out / RESULTS_FILE and grid.leaderboard == out / "index.html"
+    assert grid.results == out / RESULTS_FILE
     return out
+
+
+def test_the_library_call_writes_no_report_and_the_command_does(finished_run, tmp_path, cli):
+    """``run_grid`` returns what it ran and leaves the page to ``cleanbench run`` (``write_report``)."""
+    assert not (finished_run / "index.html").exists() and not (finished_run / GALLERY_FILE).exists()
+    assert not (finished_run / "leaderboard.csv").exists()
+    assert "leaderboard" not in {field.name for field in dataclasses.fields(GridRun)}
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    code, stdout, err = cli("run", "--preset", TEST_PRESET, "--attacks", "badnet", "--defenses", "none,finetune",
+                            "--seeds", "0", "--out", out, "--device", "cpu", "--workers", "1", "--no-plugin-autoload")
+    assert code == 0, stdout + err
+    assert (out / "index.html").is_file() and (out / GALLERY_FILE).stat().st_size > 0
+    assert f"leaderboard: {out / 'index.html'}" in err
+    assert (out / RESULTS_FILE).read_bytes() == (finished_run / RESULTS_FILE).read_bytes()  # every cell reused
+
+
+@dataclass(frozen=True)
+class KeptAsIsConfig:
+    pass
+
+
+class KeptAsIs(Defense):
+    """Returns the model unchanged; given to ``run_grid`` as a class, never registered by hand."""
+
+    name = "kept-as-is"
+    version = "1"
+    Config = KeptAsIsConfig
+    uses_recipe = False
+
+    def apply(self, model, clean_data, context):
+        return model
+
+
+def test_run_grid_takes_classes_as_well_as_names(finished_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_run, out)
+    assert "kept-as-is" not in DEFENSES
+    try:
+        for _ in range(2):  # giving the same class again is harmless
+            grid = run_grid(["badnet"], [KeptAsIs, "finetune"], [0], preset=str(TEST_PRESET), out=out, device="cpu",
+                            workers=1, no_plugin_autoload=True)
+        assert DEFENSES.get("kept-as-is") is KeptAsIs
+    finally:
+        DEFENSES.unregister("kept-as-is")
+    assert (grid.summary.victims_trained, grid.summary.cells_failed) == (0, 0)
+    rows = pd.read_csv(out / RESULTS_FILE).set_index(["attack", "defense"])
+    assert len(rows) == 6 and (rows.status == "ok").all()
+    for attack in ("badnet", "none"):  # the model unchanged: the no-defense reference's numbers
+        assert rows.loc[(attack, "kept-as-is"), "ca"] == rows.loc[(attack, "none"), "ca"]
+    assert not (out / "index.html").exists()
+    with pytest.raises(UserError, match="KeptAsIsConfig, given as defense: derive it from defenses.base.Defense"):
+        run_grid(["badnet"], [KeptAsIsConfig], [0], preset=str(TEST_PRESET), out=out, no_plugin_autoload=True)
+
+    class Local(KeptAsIs):
+        name = "kept-locally"
+
+    before = (out / RESULTS_FILE).read_bytes()
+    try:
+        with pytest.raises(UserError, match="worker processes cannot import it: pass workers=1"):
+            run_grid(["badnet"], [Local], [0], preset=str(TEST_PRESET), out=out, device="cpu", workers=2,
+                     no_plugin_autoload=True)
+    finally:
+        DEFENSES.unregister("kept-locally")
+    assert (out / RESULTS_FILE).read_bytes() == before
 
 
 def _plan():
@@ -262,6 +330,8 @@ def test_every_cell_keeps_its_per_image_predictions_and_they_give_its_metrics(fi
 
     for row in ResultsFile(finished_run / "results.csv").rows.values():
         predictions = load_predictions(finished_run / "cache" / "cells" / row["cell_id"] / FILENAME)
+        assert ArtifactStore.of_run(finished_run).row_predictions_path(row) == \
+            finished_run / "cache" / "cells" / row["cell_id"] / FILENAME  # outside a sweep the two ids agree
         assert int(row["n_classes"]) == predictions.n_classes == 10
         assert len(predictions.clean_pred) == int(row["n_clean"])
         assert predictions.clean_correct.mean() == pytest.approx(float(row["ca"]), abs=1e-12)

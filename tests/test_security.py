@@ -22,7 +22,7 @@ from benchmark.checkpoints import load_weights, save_state_dict
 from benchmark.errors import UserError
 from benchmark.models import create_model
 from benchmark.presets import load_preset
-from benchmark.runner.store import ArtifactStore
+from benchmark.runner.store import ArtifactStore, CacheLayout, cell_folder_key, cell_predictions_member
 from defenses import DEFENSES
 from leaderboard.build import write_leaderboard
 from leaderboard.html import environment
@@ -182,6 +182,18 @@ def test_cache_folders_are_only_ever_content_hashes(tmp_path):
         with pytest.raises(ValueError, match="is not a cache key"):
             store.save_cell_error(key, "never written")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_results_row_names_its_cache_folder_only_by_a_content_key(tmp_path):
+    key, row_id = "0123456789abcdef", "fedcba9876543210"
+    assert cell_folder_key({"cell_id": row_id, "cache_key": key}) == key  # a sweep row: the shared cell's folder
+    assert cell_folder_key({"cell_id": row_id, "cache_key": ""}) == row_id  # a row from before the column
+    for hostile in ("../../evil", "/tmp/evil", "0123456789ABCDEF", None):
+        assert cell_folder_key({"cell_id": hostile, "cache_key": hostile}) is None
+        assert CacheLayout.of_run(tmp_path).row_predictions_path({"cell_id": hostile, "cache_key": ""}) is None
+    assert cell_predictions_member(key) == f"cache/cells/{key}/predictions.npz"
+    with pytest.raises(ValueError, match="is not a cache key"):
+        cell_predictions_member("../../evil")
 
 
 ENTRY_POINT_MODULE = """

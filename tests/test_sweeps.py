@@ -13,12 +13,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.api import run_grid
+from benchmark.api import run_grid, write_report
+from benchmark.cache_layout import CacheLayout
 from benchmark.errors import UserError
 from benchmark.presets import load_preset
+from benchmark.results import RESULTS_FILE, ResultsFile
 from benchmark.runner import plan_grid
 from benchmark.sweeps import axes_of, parse_sweep_option, sweep_points
-from leaderboard.load import load_results
+from leaderboard.load import load_cell_predictions, load_results
 from leaderboard.sweep_plots import sweep_figure
 from tests.helpers import TEST_PRESET
 from tests.results_rows import make_row, write_results
@@ -40,6 +42,7 @@ def swept(tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("sweep")
     grid = run_grid(["badnet"], ["none", "finetune"], [0], preset=str(TEST_PRESET), out=out, workers=1,
                     no_plugin_autoload=True, sweeps=[SWEEP])
+    write_report(grid)  # as `cleanbench run` does
     return out, grid
 
 
@@ -99,6 +102,26 @@ def test_the_leaderboard_keeps_points_apart_and_draws_the_curves(swept):
     assert set(board.preset) == {"fmnist-test [defenses.finetune.epochs=1]", "fmnist-test [defenses.finetune.epochs=2]"}
     assert (out / "sweeps.png").is_file() and (out / "sweeps.svg").is_file()
     assert 'id="figure-sweeps"' in (out / "index.html").read_text()
+
+
+def test_a_sweep_row_s_predictions_are_found_in_its_cache_folder_by_submit_verify_and_the_leaderboard(swept):
+    """A sweep row's ``cell_id`` is the row's, its ``cache_key`` the folder several points share: everyone asks
+    the layout (:func:`benchmark.cache_layout.cell_folder_key`) instead of building the path from ``cell_id``."""
+    from benchmark.verify import compare_cell
+
+    out, _ = swept
+    rows = list(ResultsFile(out / RESULTS_FILE).rows.values())
+    cache = CacheLayout.of_run(out)
+    for row in rows:
+        assert row["cell_id"] != row["cache_key"] and not cache.cell_dir(row["cell_id"]).exists()
+        assert cache.row_predictions_path(row) == cache.cell_predictions_path(row["cache_key"])
+        assert cache.row_predictions_path(row).is_file()
+    row = next(row for row in rows if (row["attack"], row["defense"]) == ("badnet", "finetune"))
+    same_machine = {**row, "device": "cpu", "cpu": "a test CPU"}  # compared bitwise, predictions included
+    check = compare_cell(same_machine, same_machine, out, out, 0.02)
+    assert check.verified and "per-image predictions equal" in check.detail, check.detail
+    table = load_results([out])
+    assert set(load_cell_predictions(table)) == set(table.cell_id)
 
 
 def test_an_attack_sweep_shares_the_benign_control_and_a_preset_may_declare_it(tmp_path):

@@ -66,16 +66,19 @@ def run(
     sweep: Optional[List[str]] = SweepOption,
 ) -> None:
     """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
-    from benchmark.api import SlurmSettings, run_grid
+    from benchmark.api import SlurmSettings, run_grid, write_report
+    from benchmark.distributed import world
 
     grid = run_grid(
         attacks, defenses, seeds, preset=preset, out=out, device=device, poison_rate=poison_rate,
         poison_count=poison_count, data_dir=data_dir, data=tuple(data or ()), plugins=tuple(plugin or ()),
         no_plugin_autoload=no_plugin_autoload, precision=precision, compile_model=compile_model, gpus=gpus,
-        executor=executor, workers=workers, max_ca_cost=max_ca_cost, sweeps=tuple(sweep or ()),
+        executor=executor, workers=workers, sweeps=tuple(sweep or ()),
         slurm=SlurmSettings(slurm_partition, slurm_timeout_min, slurm_max_requeue, tuple(slurm_option or ())),
         warn=lambda message: typer.echo(f"warning: {message}", err=True),
         before_run=lambda: scale.relaunch_under_torchrun(gpus, executor))
+    if world().is_main:  # every rank of a torchrun job ran the grid; one writes the page
+        write_report(grid, max_ca_cost=max_ca_cost)
     if grid.summary.cells_failed:
         raise typer.Exit(1)
 

@@ -88,7 +88,7 @@ def grid_cost(plan: Plan, out_dir: Path | None, workers: int, test_images: int,
     (a sweep's points share them); the keys counted here are added to it."""
     preset = plan.preset
     counted = counted if counted is not None else set()
-    store = ArtifactStore(out_dir / "cache") if out_dir is not None else None
+    store = ArtifactStore.of_run(out_dir) if out_dir is not None else None
     results = ResultsFile(out_dir / RESULTS_FILE) if out_dir is not None and (out_dir / RESULTS_FILE).exists() else None
     cells = [cell for cell in plan.cells if not (results is not None and results.done(cell.row_id))
              and not (store is not None and store.cell_metrics(cell.key) is not None) and cell.key not in counted]

@@ -58,7 +58,7 @@ def run_group(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: Path
     """
     if part not in PARTS:
         raise ValueError(f"part {part!r}: choose all, victim or cells")
-    group = GroupRun(plan, build_task(plan.preset), ArtifactStore(Path(out_dir) / "cache"),
+    group = GroupRun(plan, build_task(plan.preset), ArtifactStore.of_run(out_dir),
                      SharedResults(Path(out_dir) / RESULTS_FILE), device, reporter,
                      advance or (lambda *args, **kwargs: None))
     group.run(spec, cells, part)

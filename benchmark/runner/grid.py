@@ -60,7 +60,7 @@ def run_plan(plan: Plan, out_dir: Path, device: torch.device, reporter: Reporter
             reporter.log(f"{summary.cells_skipped} of {len(plan.cells)} cells already done; skipping them")
         if not pending:
             return summary
-        store = ArtifactStore(out_dir / "cache")
+        store = ArtifactStore.of_run(out_dir)
         if needs_clean_model(plan.preset, pending, store):  # before any worker needs it: trained once, here
             summary.pretrained_trained += prepare_clean_model(plan.preset, task, store, device, reporter)
         groups = [(spec, [cell for cell in pending if cell.victim.key == spec.key]) for spec in plan.victims]

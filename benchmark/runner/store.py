@@ -3,6 +3,10 @@ pretrained victims start from (``pretrained/<key>/``: checkpoint and meta, :mod:
 cell metrics and cell predictions (:mod:`benchmark.predictions`), and what attacks derive at some cost
 (``attacks/<key>/``, written by the attack itself under its own key, e.g. BadCLIP's patch).
 
+The store owns the cache's layout: its paths are :class:`benchmark.cache_layout.CacheLayout`'s (kept free of
+torch for the leaderboard), and a run folder's cache is ``ArtifactStore.of_run(out)``; nothing else spells out
+``cache/cells/...``.
+
 A victim (or pretrained model) is complete only once its ``meta.json`` exists, and the meta records the
 checkpoint's SHA-256, checked on every load, so a checkpoint cut short by a crash is never used.
 """
@@ -10,35 +14,19 @@ checkpoint's SHA-256, checked on every load, so a checkpoint cut short by a cras
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-from benchmark.predictions import FILENAME as PREDICTIONS_FILE
+from benchmark.cache_layout import CACHE_DIR, CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.predictions import Predictions
 from benchmark.storage import sha256_file, write_json_atomic, write_text_atomic
 
-_KEY = re.compile(r"[0-9a-f]{16}")
+__all__ = ["CACHE_DIR", "ArtifactStore", "CacheLayout", "cell_folder_key", "cell_predictions_member"]
 
 
-class ArtifactStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-
-    def victim_dir(self, key: str) -> Path:
-        return self.root / "victims" / _folder_name(key)
-
-    @property
-    def attacks_dir(self) -> Path:
-        """Where attacks cache what they derive at some cost (BadCLIP's patch), each under its own content key."""
-        return self.root / "attacks"
-
-    def cell_dir(self, key: str) -> Path:
-        return self.root / "cells" / _folder_name(key)
-
-    def pretrained_dir(self, key: str) -> Path:
-        """The clean pretrained model ``key`` (``model.safetensors`` and ``meta.json``), shared by a run's victims."""
-        return self.root / "pretrained" / _folder_name(key)
+class ArtifactStore(CacheLayout):
+    """Reads and writes the cache rooted at ``root`` (a run folder's ``cache/``: ``ArtifactStore.of_run(out)``);
+    where each artifact lies is :class:`~benchmark.cache_layout.CacheLayout`'s."""
 
     def victim_meta(self, key: str) -> dict[str, Any] | None:
         """The victim's meta if the victim is complete and its checkpoint intact, else None (retrain)."""
@@ -63,19 +51,19 @@ class ArtifactStore:
         write_json_atomic(self.victim_dir(key) / "poison_manifest.json", manifest)
 
     def cell_metrics(self, key: str) -> dict[str, Any] | None:
-        record = _read_json(self.cell_dir(key) / "metrics.json")
+        record = _read_json(self.cell_metrics_path(key))
         return record if record is not None and {"metrics", "timing"} <= set(record) else None
 
     def save_cell_predictions(self, key: str, predictions: Predictions) -> None:
         """Written before the cell's metrics, so cached metrics always come with their predictions."""
-        predictions.save(self.cell_dir(key) / PREDICTIONS_FILE)
+        predictions.save(self.cell_predictions_path(key))
 
     def save_cell_metrics(self, key: str, record: dict[str, Any]) -> None:
-        write_json_atomic(self.cell_dir(key) / "metrics.json", record)
-        (self.cell_dir(key) / "error.txt").unlink(missing_ok=True)  # a failed try's traceback, now outdated
+        write_json_atomic(self.cell_metrics_path(key), record)
+        self.cell_error_path(key).unlink(missing_ok=True)  # a failed try's traceback, now outdated
 
     def save_cell_error(self, key: str, text: str) -> Path:
-        path = self.cell_dir(key) / "error.txt"
+        path = self.cell_error_path(key)
         write_text_atomic(path, text)
         return path
 
@@ -93,14 +81,6 @@ def _complete_meta(folder: Path) -> dict[str, Any] | None:
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> None:
     write_json_atomic(folder / "meta.json", dict(meta, checkpoint_sha256=sha256_file(folder / "model.safetensors")))
-
-
-def _folder_name(key: str) -> str:
-    """``key`` itself, checked to be a content hash: folder names are never built from names a plugin, a preset or
-    a results file chose, so nothing written here can land outside the cache (``..``, ``/``, absolute paths)."""
-    if not _KEY.fullmatch(key):
-        raise ValueError(f"{key!r} is not a cache key (16 hex digits)")
-    return key
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
