@@ -101,7 +101,6 @@ GALLERY_FILE = "trigger_gallery.png"  # the trigger gallery `cleanbench run` dra
 BENIGN_ATTACK = "none"  # the ``attack`` of the benign control: a victim trained on clean pairs
 REFERENCE_DEFENSE = "none"  # the ``defense`` every other defense is compared with: the victim as trained
 SCHEMA_VERSION = 6
-DEFENSE_STAGES = ("post-training", "training", "data")  # a row's ``stage`` (:mod:`defenses.base`)
 
 
 def sweep_json(values: dict[str, Any]) -> str:

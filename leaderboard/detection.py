@@ -1,4 +1,5 @@
-"""The detection table: how well each data-stage defense found the poisoned pairs, over seeds.
+"""The detection table: how well each defense of a stage that scores pairs (the data stage) found the poisoned
+pairs, over seeds.
 
 ``detection.csv`` has one row per (preset, attack, defense) of a data-stage defense on an attacked victim (the
 benign control has nothing to detect; its cost shows as CA on the main table):
@@ -20,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.results import BENIGN_ATTACK
+from benchmark.stages import stages_adding
 from leaderboard.aggregate import mean_interval
 
 DETECTION_METRICS = ["auroc", "auprc", "tpr_at_1fpr", "tpr_at_5fpr", "removed_precision", "removed_recall"]
@@ -30,7 +32,8 @@ DETECTION_TABLE_COLUMNS = (["preset", "attack", "defense", "n_seeds", "seeds", "
 
 def detection_table(results: pd.DataFrame) -> pd.DataFrame:
     """The detection table of validated result rows (see :func:`leaderboard.load.load_results`)."""
-    rows = results[(results["status"] == "ok") & (results["stage"] == "data") & (results["attack"] != BENIGN_ATTACK)]
+    detecting = results["stage"].isin(stages_adding("auroc"))  # the stages whose rows carry detection metrics
+    rows = results[(results["status"] == "ok") & detecting & (results["attack"] != BENIGN_ATTACK)]
     table = []
     for (preset, attack, defense), group in rows.groupby(["preset", "attack", "defense"], sort=True):
         row = {"preset": preset, "attack": attack, "defense": defense, "n_seeds": len(group),

@@ -18,8 +18,9 @@ import pandas as pd
 from benchmark.cache_layout import CacheLayout, is_cache_key
 from benchmark.errors import UserError
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
-from benchmark.results import (BENIGN_ATTACK, COLUMNS, DEFENSE_STAGES, DETECTION_COLUMNS, METRIC_COLUMNS, RESULTS_FILE,
+from benchmark.results import (BENIGN_ATTACK, COLUMNS, DETECTION_COLUMNS, METRIC_COLUMNS, RESULTS_FILE,
                                SCHEMA_VERSION, UPGRADABLE, sweep_label)
+from benchmark.stages import STAGES
 
 INT_COLUMNS = ("schema_version", "seed", "n_clean", "n_triggered", "poison_count", "n_classes", "torch_threads",
                "n_removed")
@@ -145,8 +146,8 @@ def _check_row(path: Path, index: int, row: dict[str, str]) -> None:
             continue
         if not _is_int(value):
             raise UserError(f"{_where(path, index, column)}: expected an integer, got {value!r}")
-    if row["stage"] not in DEFENSE_STAGES:
-        raise UserError(f"{_where(path, index, 'stage')}: expected one of {', '.join(DEFENSE_STAGES)}, "
+    if row["stage"] not in STAGES:
+        raise UserError(f"{_where(path, index, 'stage')}: expected one of {', '.join(STAGES)}, "
                         f"got {row['stage']!r}")
     if row["status"] not in STATUSES:
         raise UserError(f"{_where(path, index, 'status')}: expected one of {', '.join(STATUSES)}, "
