@@ -70,6 +70,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from attacks import ATTACKS
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
+    from benchmark import plugins as plugin_loader
     from benchmark.progress import Reporter
     from benchmark.config import config_dict
     from benchmark.runner import plan_grid, run_plan
@@ -79,7 +80,7 @@ def run_grid(attacks: str | Sequence[str] = "all", defenses: str | Sequence[str]
     from benchmark.task import build_task, pretrain_pair_count
     from defenses import DEFENSES
 
-    for failure in load_plugins(plugins, no_plugin_autoload):
+    for failure in plugin_loader.register_plugins(plugins, no_plugin_autoload):
         (warn or _warn)(failure.message())
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
     attack_spec = _names(attacks)
@@ -141,14 +142,6 @@ def _names(names: str | Sequence[str]) -> str:
 
 def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
-
-
-def load_plugins(plugins: Sequence[str] = (), no_autoload: bool = False) -> list:
-    """Load entry-point plugins (unless turned off) and the given plugin files or ``module:Class`` specs;
-    returns the :class:`~benchmark.plugins.PluginFailure` of each one that failed (the others are registered)."""
-    from benchmark import plugins as plugin_loader
-
-    return plugin_loader.load_plugins(plugins, no_autoload)
 
 
 def load_with_data_dir(name: str, data_dir: str | Path | None):

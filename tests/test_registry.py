@@ -150,7 +150,7 @@ def test_a_named_plugin_that_fails_to_import_is_a_user_error(tmp_path):
 
 def test_a_named_module_that_does_not_exist_is_a_user_error():
     with pytest.raises(UserError) as error:
-        plugins.load_plugins(["no_such_module:Thing"], no_autoload=True)
+        plugins.register_plugins(["no_such_module:Thing"], no_autoload=True)
     assert str(error.value) == ("plugin no_such_module:Thing failed to load: ModuleNotFoundError: "
                                 "No module named 'no_such_module'")
 

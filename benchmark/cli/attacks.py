@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.cli.support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli.support import NoAutoloadOption, PluginOption, register_plugins_and_warn, user_errors
 from benchmark.results import GALLERY_FILE
 
 attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the registered attacks.")
@@ -34,7 +34,7 @@ def show(
     from benchmark.gallery import draw_gallery
     from benchmark.presets import load_preset
 
-    load_plugins(plugin, no_plugin_autoload)
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     chosen = ATTACKS.resolve(names)
     draw_gallery(load_preset(preset), chosen, out, count=count, seed=seed, zoom=zoom)
     typer.echo(f"wrote {out} ({', '.join(chosen)})")

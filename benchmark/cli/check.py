@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from benchmark.cli.support import NoAutoloadOption, load_plugins, user_errors
+from benchmark.cli.support import NoAutoloadOption, register_plugins_and_warn, user_errors
 
 DEFAULT_TIME_BUDGET = 300.0  # benchmark.conformance.DEFAULT_TIME_BUDGET, not imported: --help stays torch-free
 
@@ -25,7 +25,7 @@ def check_command(
     from benchmark.api import preset_for_run
     from benchmark.conformance import check
 
-    load_plugins(None, no_plugin_autoload)  # warns about broken installed plugins; a named one must load
+    register_plugins_and_warn(None, no_plugin_autoload)  # broken installed plugins warn; a named one must load
     chosen = preset_for_run(preset, None, ()) if preset else None
     results = check(component, time_budget=time_budget, preset=chosen, no_autoload=no_plugin_autoload)
     for result in results:

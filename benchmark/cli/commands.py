@@ -17,7 +17,7 @@ from benchmark.cli.check import check_command
 from benchmark.cli.new import new_command
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
-                                   load_plugins,
+                                   register_plugins_and_warn,
                                    user_errors)
 from benchmark.cli.submit import submit_command, verify_command
 from benchmark.cli.validate import DataOption, validate_command
@@ -118,7 +118,7 @@ def list_components(
     from rich.markup import escape  # plugin docstrings and errors are text, not rich markup
     from rich.table import Table
 
-    load_plugins(plugin, no_plugin_autoload)
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     table = Table(title=kind)
     if kind == "presets":
         from benchmark.presets import builtin_presets, load_preset

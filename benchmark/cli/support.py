@@ -39,9 +39,10 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
-    """Load entry-point plugins (unless turned off) and the --plugin files; warn about each one that failed."""
-    from benchmark.api import load_plugins as load
+def register_plugins_and_warn(plugins: Optional[List[str]], no_autoload: bool) -> None:
+    """Register the entry-point plugins (unless turned off) and the --plugin files; a warning on stderr for each
+    installed plugin that failed to load (a named one that fails is a :class:`UserError`)."""
+    from benchmark.plugins import register_plugins
 
-    for failure in load(tuple(plugins or ()), no_autoload):
+    for failure in register_plugins(tuple(plugins or ()), no_autoload):
         typer.echo(f"warning: {failure.message()}", err=True)
