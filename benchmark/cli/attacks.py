@@ -20,7 +20,8 @@ attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Insp
 @attacks_app.command("show")
 @user_errors
 def show(
-    names: str = typer.Argument("all", help="Comma-separated attack names, or 'all'."),
+    names: str = typer.Argument("all", help="Comma-separated attacks: names, wildcards and exclusions, e.g. "
+                                                  "'all,-badclip'."),
     out: Path = typer.Option(Path(GALLERY_FILE), help="The PNG file to write."),
     preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
     count: int = typer.Option(4, min=1, max=32, help="Test images per attack."),

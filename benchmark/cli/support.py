@@ -10,8 +10,10 @@ import typer
 
 from benchmark.errors import UserError
 
-AttacksOption = typer.Option("all", help="Comma-separated attack names, or 'all'.")
-DefensesOption = typer.Option("all", help="Comma-separated defense names, or 'all'.")
+SELECTION_HELP = "names, wildcards and exclusions, e.g. 'detect-*' or 'all,-badclip'"
+AttacksOption = typer.Option("all", help=f"Comma-separated attacks: {SELECTION_HELP}; 'none' for the benign "
+                                         "control only.")
+DefensesOption = typer.Option("all", help=f"Comma-separated defenses: {SELECTION_HELP}.")
 SeedsOption = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2.")
 PresetOption = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file.")
 DataDirOption = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX).")
