@@ -112,6 +112,7 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
     from attacks.base import Attack
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
+    from benchmark import plugins as plugin_loader
     from benchmark.progress import Reporter
     from benchmark.config import config_dict
     from benchmark.runner import plan_grid, run_plan
@@ -122,7 +123,7 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
     from defenses import DEFENSES
     from defenses.base import Defense
 
-    for failure in load_plugins(plugins, no_plugin_autoload):
+    for failure in plugin_loader.register_plugins(plugins, no_plugin_autoload):
         (warn or _warn)(failure.message())
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
     given = [*_classes(attacks), *_classes(defenses)]
@@ -238,14 +239,6 @@ def _check_classes_reach_workers(classes: list[type], executor: object) -> None:
 
 def _warn(message: str) -> None:
     warnings.warn(message, stacklevel=3)
-
-
-def load_plugins(plugins: Sequence[str] = (), no_autoload: bool = False) -> list:
-    """Load entry-point plugins (unless turned off) and the given plugin files or ``module:Class`` specs;
-    returns the :class:`~benchmark.plugins.PluginFailure` of each one that failed (the others are registered)."""
-    from benchmark import plugins as plugin_loader
-
-    return plugin_loader.load_plugins(plugins, no_autoload)
 
 
 def load_with_data_dir(name: str, data_dir: str | Path | None):

@@ -73,11 +73,11 @@ def load_entry_points(force: bool = False) -> list[PluginFailure]:
     return failures
 
 
-def load_plugins(specs: Sequence[str] = (), no_autoload: bool = False) -> list[PluginFailure]:
-    """Load entry-point plugins (unless ``no_autoload``) and the given plugin files or ``module:Class`` specs;
-    returns the failure of each entry point that failed (the others are registered). A named spec that fails
-    raises a :class:`UserError` (:func:`load_plugin`). The CLI process and every worker process load their
-    plugins through this one call."""
+def register_plugins(specs: Sequence[str] = (), no_autoload: bool = False) -> list[PluginFailure]:
+    """Register the entry-point plugins (unless ``no_autoload``) and the given plugin files or ``module:Class``
+    specs; returns the failure of each entry point that failed (the others are registered), for the caller to
+    report. A named spec that fails raises a :class:`UserError` (:func:`load_plugin`). The CLI process, a Python
+    caller of :func:`benchmark.api.run_grid` and every worker process load their plugins through this one call."""
     failures = [] if no_autoload else load_entry_points()
     for spec in specs or ():
         load_plugin(spec)

@@ -5,24 +5,34 @@ entry point or a ``module:Class`` plugin is added as the class it names; see :mo
 registry's built-ins are the modules of one package (``attacks``, ``defenses``), imported on the registry's first
 use, so importing the package, ``--help`` and the torch-free leaderboard import no attack or defense code.
 Unknown names fail with a did-you-mean and the list of what exists.
+
+A registry checks what it is given at registration, as lm-evaluation-harness's ``Registry(name, base_cls=...)``
+does: a class that does not derive from the kind's contract (``base_cls``, given lazily as ``"module:Class"`` so
+that importing the registry imports no contract code), that is abstract, or that the kind's ``check`` refuses (a
+defense's stage) is refused there, in one line, not when a grid cell first builds it.
+
+Selections (``--attacks``, ``--defenses``, ``cleanbench list``) are comma-separated names, shell wildcards
+(``detect-*``), ``all`` and exclusions (``all,-badclip``): :func:`select`.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import inspect
 import pkgutil
 import re
 import sys
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from benchmark.errors import UserError, did_you_mean
 
 T = TypeVar("T")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+_WILDCARD = re.compile(r"[*?\[]")  # no registered name has these (_NAME), so an item with one is a pattern
 
 
 @dataclass
@@ -32,11 +42,6 @@ class Entry(Generic[T]):
     name: str
     source: str
     target: type[T] | str
-
-    def load(self) -> type[T]:
-        if isinstance(self.target, str):
-            self.target = import_object(self.target)
-        return self.target
 
 
 def import_object(reference: str) -> type:
@@ -54,9 +59,12 @@ def import_object(reference: str) -> type:
 class Registry(Generic[T]):
     """Names to classes for one kind of component (``kind`` is used in messages, e.g. "attack")."""
 
-    def __init__(self, kind: str, builtins: str | None = None) -> None:
+    def __init__(self, kind: str, builtins: str | None = None, *, base_cls: type | str | None = None,
+                 check: Callable[[type], str | None] | None = None) -> None:
         self.kind = kind
         self.builtins = builtins  # the package whose modules define the built-ins (each registers itself)
+        self.base_cls = base_cls  # the contract every class derives from: a class or a lazy "module:Class"
+        self.check = check  # a further contract: the problem with a class in a few words, or None
         self._entries: dict[str, Entry[T]] = {}
         self._builtins_loaded = builtins is None
 
@@ -91,6 +99,8 @@ class Registry(Generic[T]):
     def add(self, name: str, target: type[T] | str, *, source: str = "built-in") -> None:
         """Register ``target`` (a class or a lazy ``module:Class`` string) under ``name``."""
         check_name(self.kind, name, source)
+        if not isinstance(target, str):  # a lazy "module:Class" is checked when it is loaded (get)
+            self._check_contract(name, target, source)
         if source != "built-in":  # a plugin may not take a built-in's name (built-ins are loading themselves)
             self._load_builtins()
         existing = self._entries.get(name)
@@ -108,12 +118,32 @@ class Registry(Generic[T]):
         entry = self._entries.get(name)
         if entry is None:
             raise UserError(self.unknown_message(name))
-        return entry.load()
+        if isinstance(entry.target, str):  # a lazy "module:Class": checked as it is loaded, as a class is when added
+            cls = import_object(entry.target)
+            self._check_contract(name, cls, entry.source)
+            entry.target = cls
+        return entry.target
+
+    def _check_contract(self, name: str, cls: type, source: str) -> None:
+        """Refuse, in one line, a class that is not of this kind: not derived from ``base_cls``, abstract, or
+        refused by ``check``."""
+        problem = None
+        if self.base_cls is not None:
+            if isinstance(self.base_cls, str):
+                self.base_cls = import_object(self.base_cls)
+            if not (isinstance(cls, type) and issubclass(cls, self.base_cls)):
+                problem = f"{_describe(cls)} does not derive from {_dotted(self.base_cls)}"
+        if problem is None and inspect.isabstract(cls):
+            missing = ", ".join(sorted(getattr(cls, "__abstractmethods__", ())))
+            problem = f"{_describe(cls)} is abstract (it does not implement {missing})"
+        if problem is None and self.check is not None:
+            problem = self.check(cls)
+        if problem is not None:
+            raise UserError(f"{self.kind} '{name}' from {source}: {problem}")
 
     def unknown_message(self, name: str) -> str:
         self._load_builtins()
-        names = sorted(self._entries)
-        return f"Unknown {self.kind} '{name}'.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}."
+        return unknown_message(self.kind, name, sorted(self._entries))
 
     def source(self, name: str) -> str:
         self._load_builtins()
@@ -125,15 +155,14 @@ class Registry(Generic[T]):
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
 
     def resolve(self, spec: str) -> list[str]:
-        """Turn a comma-separated selection (``"badnet,wanet"`` or ``"all"``) into checked names."""
-        requested = [part.strip() for part in spec.split(",") if part.strip()]
-        if not requested:
-            raise UserError(f"no {self.kind} named: give a comma-separated list or 'all'")
-        if requested == ["all"]:
-            return self.names()
-        for name in requested:
-            self.get(name)
-        return list(dict.fromkeys(requested))
+        """Turn a selection into checked names: comma-separated names, wildcards and ``all``, then exclusions
+        (``"badnet,wanet"``, ``"detect-*"``, ``"all,-badclip"``; see :func:`select`). A name given plainly is
+        loaded, so a plugin that fails to load is reported here."""
+        chosen = select(spec, self.names(), self.kind)
+        for item in _items(spec):
+            if item in chosen:
+                self.get(item)
+        return chosen
 
     def __contains__(self, name: object) -> bool:
         self._load_builtins()
@@ -141,6 +170,49 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def select(spec: str, available: Sequence[str], kind: str) -> list[str]:
+    """The names of ``available`` that the selection ``spec`` chooses. Its comma-separated items are names,
+    shell wildcards (``detect-*``) and ``all``, taken in the order given (a wildcard's matches in the order of
+    ``available``), then exclusions ``-NAME`` or ``-PATTERN``; a selection of exclusions only starts from all.
+    An item that matches nothing, or a selection that leaves nothing, is a :class:`UserError` naming what exists."""
+    items = _items(spec)
+    if not items:
+        raise UserError(f"no {kind} named: give a comma-separated list of names or wildcards, or 'all'")
+    included = [item for item in items if not item.startswith("-")]
+    excluded = [item[1:].strip() for item in items if item.startswith("-")]
+    chosen: list[str] = []
+    for item in included or ["all"]:
+        chosen += _matches(item, available, kind)
+    dropped = {name for item in excluded for name in _matches(item, available, kind, excluding=True)}
+    chosen = [name for name in dict.fromkeys(chosen) if name not in dropped]
+    if not chosen:
+        raise UserError(f"'{spec}' selects no {kind}. Available: {', '.join(available) or '(none)'}.")
+    return chosen
+
+
+def _items(spec: str) -> list[str]:
+    return [item.strip() for item in spec.split(",") if item.strip()]
+
+
+def _matches(item: str, available: Sequence[str], kind: str, *, excluding: bool = False) -> list[str]:
+    if item == "all":
+        return list(available)
+    if _WILDCARD.search(item):
+        found = [name for name in available if fnmatch.fnmatchcase(name, item)]
+        if not found:
+            shown = f"-{item}" if excluding else item
+            raise UserError(f"no {kind} matches '{shown}'. Available: {', '.join(available) or '(none)'}.")
+        return found
+    if item not in available:
+        raise UserError(unknown_message(kind, item, available))
+    return [item]
+
+
+def unknown_message(kind: str, name: str, names: Sequence[str]) -> str:
+    """"Unknown attack 'x'." with a did-you-mean and the list of ``names``."""
+    return f"Unknown {kind} '{name}'.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}."
 
 
 def check_name(kind: str, name: object, source: str) -> None:
@@ -155,10 +227,21 @@ def check_name(kind: str, name: object, source: str) -> None:
 def describe_origin(cls: type) -> str:
     """"built-in" for cleanbench's own classes, else the file the class was defined in."""
     module = sys.modules.get(cls.__module__)
-    path = Path(getattr(module, "__file__", "") or "").resolve()
+    file = getattr(module, "__file__", None)
+    if not file:  # defined in __main__ of ``python -c``, a notebook, an interactive session
+        return f"module '{cls.__module__}'"
+    path = Path(file).resolve()
     if path.is_relative_to(_PACKAGE_ROOT) and path.parts[len(_PACKAGE_ROOT.parts)] in ("attacks", "defenses", "benchmark"):
         return "built-in"
-    return f"file '{path}'" if path.name else f"module '{cls.__module__}'"
+    return f"file '{path}'"
+
+
+def _describe(cls: object) -> str:
+    return f"class {cls.__name__}" if isinstance(cls, type) else f"{cls!r} (not a class)"
+
+
+def _dotted(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _same_target(entry: Entry, target: object) -> bool:

@@ -35,7 +35,7 @@ from benchmark import __version__
 from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path, unplanned_rows
 from benchmark.cache_layout import CacheLayout
 from benchmark.errors import UserError
-from benchmark.plugins import load_plugins
+from benchmark.plugins import register_plugins
 from benchmark.predictions import load_predictions
 from benchmark.provenance import git_commit, origin_of
 from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
@@ -170,7 +170,7 @@ def _load_sources(bundle: Bundle) -> None:
         _purge_modules(top)
         sys.path.insert(0, str(root))
         specs.append(f"{module}:{component['class']}")
-    failures = load_plugins(specs, no_autoload=True)
+    failures = register_plugins(specs, no_autoload=True)
     if failures:
         raise UserError(f"the bundle's plugin '{failures[0].name}' failed to load: {failures[0].error}")
 

@@ -22,6 +22,33 @@ def test_list_shows_builtins_with_versions_and_sources(cli):
     assert code == 2 and "cannot list 'models'" in err
 
 
+def test_list_and_check_take_a_selection_with_wildcards_and_exclusions(cli):
+    from benchmark.cli.check import selected_components
+
+    code, out, _ = cli("list", "defenses", "detect-*")
+    assert code == 0 and all(name in out for name in ("detect-dao", "detect-kdist", "detect-slof"))
+    assert "finetune" not in out and "cleanclip" not in out
+    code, out, _ = cli("list", "attacks", "all,-badclip")
+    assert code == 0 and "badnet" in out and "wanet" in out and "badclip" not in out
+    code, out, _ = cli("list", "presets", "fmnist-*")
+    assert code == 0 and "fmnist-tiny" in out and "cc3m" not in out
+    assert selected_components("detect-*") == ["detect-dao", "detect-kdist", "detect-slof"]
+    assert "badclip" not in selected_components("all,-badclip") and "finetune" in selected_components("all,-badclip")
+    assert selected_components("my_defense.py") == ["my_defense.py"]  # files and plain names go to check as given
+    for args in (["list", "defenses", "detekt-*"], ["check", "detekt-*"]):
+        code, _, err = cli(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "matches 'detekt-*'. Available: " in err and "detect-dao" in err
+
+
+def test_validate_takes_a_selection(cli, test_preset):
+    code, out, err = cli("validate", "--preset", test_preset, "--attacks", "badnet", "--defenses", "detect-*")
+    assert code == 0, err
+    assert all(name in out for name in ("detect-dao", "detect-kdist", "detect-slof")) and "cleanclip" not in out
+    code, _, err = cli("validate", "--preset", test_preset, "--attacks", "badnet,-badnett", "--defenses", "none")
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "Unknown attack 'badnett'" in err
+
+
 def test_run_tiny_grid_writes_one_row_per_cell(cli, test_preset, tmp_path):
     out = tmp_path / "out"
     code, stdout, _ = cli("run", "--preset", test_preset, "--attacks", "badnet", "--defenses", "none,finetune",
@@ -44,6 +71,8 @@ def test_run_tiny_grid_writes_one_row_per_cell(cli, test_preset, tmp_path):
     [
         (["--attacks", "blend"], "Unknown attack 'blend'. Did you mean: "),
         (["--defenses", "cleenclip"], "Unknown defense 'cleenclip'."),
+        (["--defenses", "detekt-*"], "no defense matches 'detekt-*'. Available: cleanclip, detect-dao"),
+        (["--attacks", "all,-bad"], "Unknown attack 'bad'. Did you mean: "),
         (["--preset", "fmnist-tiney"], "Unknown preset 'fmnist-tiney'. Did you mean: fmnist-tiny, fmnist-tiny-clip-ssl, "
                                        "fmnist-tiny-pretrained?"),
         (["--poison-count", "100000"], "poison_count = 100000 is larger than the 512 training pairs"),

@@ -150,7 +150,7 @@ def test_a_named_plugin_that_fails_to_import_is_a_user_error(tmp_path):
 
 def test_a_named_module_that_does_not_exist_is_a_user_error():
     with pytest.raises(UserError) as error:
-        plugins.load_plugins(["no_such_module:Thing"], no_autoload=True)
+        plugins.register_plugins(["no_such_module:Thing"], no_autoload=True)
     assert str(error.value) == ("plugin no_such_module:Thing failed to load: ModuleNotFoundError: "
                                 "No module named 'no_such_module'")
 
@@ -158,3 +158,82 @@ def test_a_named_module_that_does_not_exist_is_a_user_error():
 def test_missing_plugin_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         plugins.load_plugin(str(tmp_path / "nope.py"))
+
+
+def test_a_class_that_is_not_the_kinds_contract_is_refused_at_registration_in_one_line():
+    class NotAnAttack:
+        name = "not-an-attack"
+
+    with pytest.raises(UserError) as error:
+        ATTACKS.add("not-an-attack", NotAnAttack, source="file '/p/x.py'")
+    assert str(error.value) == ("attack 'not-an-attack' from file '/p/x.py': class NotAnAttack does not derive from "
+                                "attacks.base.Attack")
+    assert "not-an-attack" not in ATTACKS
+    with pytest.raises(UserError, match=r"^defense 'badnet-as-defense' from test: class BadNet does not derive "
+                                        r"from defenses\.base\.Defense$"):
+        DEFENSES.add("badnet-as-defense", ATTACKS.get("badnet"), source="test")
+
+
+def test_a_lazy_module_class_entry_is_checked_when_it_is_loaded():
+    DEFENSES.add("lazy-badnet", "attacks.badnet:BadNet", source="test")
+    try:
+        with pytest.raises(UserError, match="class BadNet does not derive from defenses.base.Defense"):
+            DEFENSES.get("lazy-badnet")
+    finally:
+        DEFENSES.unregister("lazy-badnet")
+
+
+def test_a_defense_must_derive_from_its_stages_contract(tmp_path):
+    from defenses.base import Defense
+
+    class DataButNotDetector(Defense):
+        name = "data-not-detector"
+        stage = "data"
+
+        def apply(self, model, clean_data, context):
+            return model
+
+    with pytest.raises(UserError) as error:
+        DEFENSES.register()(DataButNotDetector)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("defense 'data-not-detector' from file ")
+    assert message.endswith("class DataButNotDetector has stage 'data' but does not derive from "
+                            "defenses.base.Detector")
+    assert "data-not-detector" not in DEFENSES
+
+    class NoSuchStage(DataButNotDetector):
+        name = "no-such-stage"
+        stage = "pre-training"
+
+    with pytest.raises(UserError, match="has stage 'pre-training'; the stages are: post-training, training, data"):
+        DEFENSES.add("no-such-stage", NoSuchStage, source="test")
+
+    path = tmp_path / "abstract_defense.py"  # a plugin file: the same line, naming the file
+    path.write_text("from defenses.base import Defense, Detector\nfrom defenses import DEFENSES\n\n"
+                    "@DEFENSES.register()\nclass Half(Detector):\n    name = 'half'\n")
+    with pytest.raises(UserError) as error:
+        plugins.load_plugin(str(path))
+    assert str(error.value) == (f"defense 'half' from file '{path}': class Half is abstract "
+                                "(it does not implement score)")
+
+
+def test_selection_takes_wildcards_all_and_exclusions():
+    assert DEFENSES.resolve("detect-*") == ["detect-dao", "detect-kdist", "detect-slof"]
+    every = ATTACKS.resolve("all")
+    assert ATTACKS.resolve("all,-badclip") == [name for name in every if name != "badclip"]
+    assert ATTACKS.resolve("-badclip") == ATTACKS.resolve("all,-badclip")  # exclusions only: all but those
+    assert ATTACKS.resolve("wanet, bad*, badnet") == ["wanet", "badclip", "badnet"]  # given order, no repeats
+    assert DEFENSES.resolve("all,-detect-*,-none") == [name for name in DEFENSES.names()
+                                                        if not name.startswith("detect-") and name != "none"]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("detekt-*", "no defense matches 'detekt-*'. Available: cleanclip, detect-dao"),
+    ("all,-detekt-*", "no defense matches '-detekt-*'. Available: cleanclip, detect-dao"),
+    ("all,-fintune", "Unknown defense 'fintune'. Did you mean: finetune"),
+    ("all,-*", "'all,-*' selects no defense. Available: cleanclip"),
+])
+def test_a_selection_item_that_matches_nothing_names_what_exists(spec, message):
+    with pytest.raises(UserError) as error:
+        DEFENSES.resolve(spec)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)

@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.cli.support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli.support import NoAutoloadOption, PluginOption, register_plugins_and_warn, user_errors
 from benchmark.results import GALLERY_FILE
 
 attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect the registered attacks.")
@@ -20,7 +20,8 @@ attacks_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Insp
 @attacks_app.command("show")
 @user_errors
 def show(
-    names: str = typer.Argument("all", help="Comma-separated attack names, or 'all'."),
+    names: str = typer.Argument("all", help="Comma-separated attacks: names, wildcards and exclusions, e.g. "
+                                                  "'all,-badclip'."),
     out: Path = typer.Option(Path(GALLERY_FILE), help="The PNG file to write."),
     preset: str = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file."),
     count: int = typer.Option(4, min=1, max=32, help="Test images per attack."),
@@ -34,7 +35,7 @@ def show(
     from benchmark.gallery import draw_gallery
     from benchmark.presets import load_preset
 
-    load_plugins(plugin, no_plugin_autoload)
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     chosen = ATTACKS.resolve(names)
     draw_gallery(load_preset(preset), chosen, out, count=count, seed=seed, zoom=zoom)
     typer.echo(f"wrote {out} ({', '.join(chosen)})")

@@ -17,7 +17,7 @@ from benchmark.cli.check import check_command
 from benchmark.cli.new import new_command
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
-                                   load_plugins,
+                                   register_plugins_and_warn,
                                    user_errors)
 from benchmark.cli.submit import submit_command, verify_command
 from benchmark.cli.validate import DataOption, validate_command
@@ -113,6 +113,8 @@ def leaderboard_command(
 @user_errors
 def list_components(
     kind: str = typer.Argument(..., help="attacks, defenses or presets"),
+    names: Optional[str] = typer.Argument(None, help="Only these, comma-separated: names, wildcards and exclusions, "
+                                                     "e.g. 'detect-*' or 'all,-badclip'."),
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
 ) -> None:
@@ -121,15 +123,18 @@ def list_components(
     from rich.markup import escape  # plugin docstrings and errors are text, not rich markup
     from rich.table import Table
 
-    load_plugins(plugin, no_plugin_autoload)
+    from benchmark.registry import select
+
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     table = Table(title=kind)
     if kind == "presets":
         from benchmark.presets import builtin_presets, load_preset
 
         for column in ("name", "description", "source"):
             table.add_column(column)
-        for name, path in builtin_presets().items():
-            table.add_row(name, load_preset(name).description, str(path))
+        presets = builtin_presets()
+        for name in select(names, list(presets), "preset") if names else presets:
+            table.add_row(name, load_preset(name).description, str(presets[name]))
     elif kind in ("attacks", "defenses"):
         from attacks import ATTACKS
         from benchmark.provenance import origin_of
@@ -138,7 +143,7 @@ def list_components(
         registry = ATTACKS if kind == "attacks" else DEFENSES
         for column in ("name", "version", "source", "summary"):
             table.add_column(column)
-        for name in registry.names():
+        for name in select(names, registry.names(), registry.kind) if names else registry.names():
             try:
                 cls = registry.get(name)
                 summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""

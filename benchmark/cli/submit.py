@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from benchmark.cli.support import NoAutoloadOption, PluginOption, load_plugins, user_errors
+from benchmark.cli.support import NoAutoloadOption, PluginOption, register_plugins_and_warn, user_errors
 
 
 @user_errors
@@ -24,7 +24,7 @@ def submit_command(
     """Bundle a defense's rows, predictions, source, preset and environment into one file others can verify."""
     from benchmark.submit import submit
 
-    load_plugins(plugin, no_plugin_autoload)
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     digest = submit(out, defense, output, preset=preset, data_dir=data_dir)
     typer.echo(f"bundle: {output} (sha256 {digest}); check it with: cleanbench verify {output}")
 

@@ -10,8 +10,10 @@ import typer
 
 from benchmark.errors import UserError
 
-AttacksOption = typer.Option("all", help="Comma-separated attack names, or 'all'.")
-DefensesOption = typer.Option("all", help="Comma-separated defense names, or 'all'.")
+SELECTION_HELP = "names, wildcards and exclusions, e.g. 'detect-*' or 'all,-badclip'"
+AttacksOption = typer.Option("all", help=f"Comma-separated attacks: {SELECTION_HELP}; 'none' for the benign "
+                                         "control only.")
+DefensesOption = typer.Option("all", help=f"Comma-separated defenses: {SELECTION_HELP}.")
 SeedsOption = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2.")
 PresetOption = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file.")
 DataDirOption = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX).")
@@ -39,9 +41,10 @@ def user_errors(command: Callable) -> Callable:
     return wrapper
 
 
-def load_plugins(plugins: Optional[List[str]], no_autoload: bool) -> None:
-    """Load entry-point plugins (unless turned off) and the --plugin files; warn about each one that failed."""
-    from benchmark.api import load_plugins as load
+def register_plugins_and_warn(plugins: Optional[List[str]], no_autoload: bool) -> None:
+    """Register the entry-point plugins (unless turned off) and the --plugin files; a warning on stderr for each
+    installed plugin that failed to load (a named one that fails is a :class:`UserError`)."""
+    from benchmark.plugins import register_plugins
 
-    for failure in load(tuple(plugins or ()), no_autoload):
+    for failure in register_plugins(tuple(plugins or ()), no_autoload):
         typer.echo(f"warning: {failure.message()}", err=True)

@@ -14,7 +14,7 @@ import typer
 from benchmark.api import attack_overrides, load_with_data_dir, parse_seeds
 from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
                                    PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
-                                   load_plugins,
+                                   register_plugins_and_warn,
                                    user_errors)
 
 DataOption = typer.Option(
@@ -42,7 +42,7 @@ def validate_command(
     """Check names, configs, every data path and the target class; print the plan. Trains nothing, no GPU."""
     from benchmark.validate import validate
 
-    load_plugins(plugin, no_plugin_autoload)
+    register_plugins_and_warn(plugin, no_plugin_autoload)
     chosen = load_with_data_dir(preset, data_dir)
     report = validate(chosen, attacks, defenses, parse_seeds(seeds), overrides=tuple(data or ()),
                       attack_overrides=attack_overrides(poison_rate, poison_count), out=out, workers=workers,

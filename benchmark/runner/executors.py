@@ -51,7 +51,7 @@ class WorkerSetup:
 
     def apply(self) -> None:
         """Load the plugins (reporting each that fails) and set the runtime, as the CLI process did."""
-        for failure in plugin_loader.load_plugins(self.plugins, self.no_plugin_autoload):
+        for failure in plugin_loader.register_plugins(self.plugins, self.no_plugin_autoload):
             Reporter().log(f"warning: {failure.message()}")
         set_runtime(self.runtime)
 
