@@ -109,7 +109,6 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
     before anything is written (the CLI relaunches itself under torchrun there).
     """
     from attacks import ATTACKS
-    from attacks.base import Attack
     from benchmark import distributed
     from benchmark.device import Runtime, resolve_device, set_runtime
     from benchmark import plugins as plugin_loader
@@ -121,16 +120,15 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
     from benchmark.sweeps import axes_of, sweep_points
     from benchmark.task import build_task, pretrain_pair_count
     from defenses import DEFENSES
-    from defenses.base import Defense
 
     for failure in plugin_loader.register_plugins(plugins, no_plugin_autoload):
         (warn or _warn)(failure.message())
     chosen_preset = preset_for_run(preset, data_dir, data)  # data paths expanded and checked, class names filled
     given = [*_classes(attacks), *_classes(defenses)]
-    attack_spec = _names(attacks, ATTACKS, Attack)
+    attack_spec = _names(attacks, ATTACKS)
     attack_names = [] if attack_spec.strip() == BENIGN_ATTACK else ATTACKS.resolve(attack_spec)
     seed_list = parse_seeds(seeds) if isinstance(seeds, str) else list(seeds)
-    defense_names = DEFENSES.resolve(_names(defenses, DEFENSES, Defense))
+    defense_names = DEFENSES.resolve(_names(defenses, DEFENSES))
     plans = [plan_grid(point.preset, attack_names, defense_names, seed_list, sweep=point.values,
                        attack_overrides=attack_overrides(poison_rate, poison_count))
              for point in sweep_points(chosen_preset, axes_of(chosen_preset, sweeps))]
@@ -190,20 +188,16 @@ def write_report(run: GridRun, *, max_ca_cost: float = DEFAULT_MAX_CA_COST,
     return page
 
 
-def _names(choices: str | Sequence[str | type], registry: Registry, base: type) -> str:
-    """``choices`` as the comma-separated names the registry resolves; a class (a ``base`` subclass) is registered
-    under its ``name`` first (registering the class already there under that name again is harmless)."""
-    from benchmark.errors import UserError
-
+def _names(choices: str | Sequence[str | type], registry: Registry) -> str:
+    """``choices`` as the comma-separated names the registry resolves; a class is registered under its ``name``
+    first (the registry refuses one that is not its kind's contract; registering the class already there under
+    that name again is harmless)."""
     if isinstance(choices, str):
         return choices
     names = []
     for choice in choices:
         if isinstance(choice, type):
-            if not issubclass(choice, base) or not isinstance(getattr(choice, "name", None), str):
-                raise UserError(f"{choice.__qualname__}, given as {registry.kind}: derive it from "
-                                f"{base.__module__}.{base.__qualname__} and give it a `name`")
-            registry.register()(choice)  # a UserError for a bad name, or one another class already holds
+            registry.register()(choice)
             names.append(choice.name)
         else:
             names.append(choice)

@@ -91,16 +91,16 @@ class Registry(Generic[T]):
         """Class decorator: ``@ATTACKS.register()`` registers under the class's ``name`` attribute."""
 
         def decorator(cls: type[T]) -> type[T]:
-            self.add(name or getattr(cls, "name"), cls, source=source or describe_origin(cls))
+            self.add(name or getattr(cls, "name", None), cls, source=source or describe_origin(cls))
             return cls
 
         return decorator
 
     def add(self, name: str, target: type[T] | str, *, source: str = "built-in") -> None:
         """Register ``target`` (a class or a lazy ``module:Class`` string) under ``name``."""
-        check_name(self.kind, name, source)
         if not isinstance(target, str):  # a lazy "module:Class" is checked when it is loaded (get)
-            self._check_contract(name, target, source)
+            self._check_contract(name, target, source)  # first: a class of another kind may have no name at all
+        check_name(self.kind, name, source)
         if source != "built-in":  # a plugin may not take a built-in's name (built-ins are loading themselves)
             self._load_builtins()
         existing = self._entries.get(name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from benchmark.errors import UserError
 from benchmark.registry import import_object
 from benchmark.results import DETECTION_COLUMNS
 
@@ -59,14 +58,6 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           summary="scores the training pairs; the victim is retrained without the most suspicious (k-distance, "
                   "SLOF, DAO)"),
 )}
-
-
-def stage_named(name: object, owner: str) -> Stage:
-    """The stage ``name`` that ``owner`` (e.g. "defense cleanclip") declares, or a one-line :class:`UserError`."""
-    stage = STAGES.get(name) if isinstance(name, str) else None
-    if stage is None:
-        raise UserError(f"{owner} declares stage {name!r}; a defense's stage is one of {', '.join(STAGES)}")
-    return stage
 
 
 def stages_adding(column: str) -> list[str]:

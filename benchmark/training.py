@@ -1,8 +1,7 @@
 """The contrastive training loop shared by victim training and the finetuning defenses.
 
 open_clip's ``ClipLoss`` and its trainer's ``cosine_lr`` schedule are reused as they are. The batches come from
-:mod:`benchmark.data.batches` (``Batch``, ``Normalizer`` and ``PairBatches`` are still importable from here, the
-path plugins used first). A defense with its own objective (CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
+:mod:`benchmark.data.batches` (their old path here is answered by :mod:`benchmark.deprecations`). A defense with its own objective (CleanCLIP) passes its own ``loss_fn`` and batches; everything else (optimizer groups, schedule, logit-scale
 clamp, NaN guard, progress) stays in one place. Besides the CLIP loss, :func:`clip_ssl_loss` is CLIP plus the
 in-modal self-supervised term on batches of augmented views (:mod:`benchmark.augment.views`): CleanCLIP's
 objective, which SSL-only, SafeCLIP and the ``clip+ssl`` victim objective share.
@@ -25,12 +24,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark import distributed
-from benchmark.data.batches import Batch, Normalizer, PairBatches  # noqa: F401  (old import path, kept)
+from benchmark.data.batches import Batch
+from benchmark.deprecations import moved_names
 from benchmark.device import current_runtime
 from benchmark.faults import failpoint
 from benchmark.progress import Reporter
 from benchmark.training_recipe import TrainRecipe
 
+__getattr__ = moved_names(__name__)  # names that lived here once
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 MAX_LOGIT_SCALE = math.log(100.0)
 

@@ -217,7 +217,8 @@ def cleanbench_rate(check: Check, pairs: PairSet, compile_model: bool) -> Rate:
     """cleanbench's own training loop on the pairs, under the runtime the CLI would set (``--precision auto``)."""
     from benchmark.device import current_runtime, set_runtime
     from benchmark.models import create_model, tokenizer_for
-    from benchmark.training import Normalizer, PairBatches, train
+    from benchmark.data.batches import Normalizer, PairBatches
+    from benchmark.training import train
     from benchmark.training_recipe import TrainRecipe
 
     sizes, runtime = check.sizes, Runtime("auto", compile_model)

@@ -9,18 +9,17 @@ from benchmark.registry import Registry
 
 
 def stage_contract(cls: type) -> str | None:
-    """What is wrong with a Defense subclass's stage, or None: the stage must be one of
-    :data:`benchmark.results.DEFENSE_STAGES` and the class must derive from that stage's contract (a ``data``
-    defense is a :class:`~defenses.base.Detector`, a ``training`` one a :class:`~defenses.base.TrainingDefense`)."""
-    from benchmark.results import DEFENSE_STAGES
-    from defenses.base import Defense, Detector, TrainingDefense
+    """What is wrong with a Defense subclass's stage, or None: the stage must be in the table of stages
+    (:data:`benchmark.stages.STAGES`) and the class must derive from that stage's contract (a ``data`` defense is a
+    :class:`~defenses.base.Detector`, a ``training`` one a :class:`~defenses.base.TrainingDefense`)."""
+    from benchmark.stages import STAGES
 
-    stage = getattr(cls, "stage", None)
-    if stage not in DEFENSE_STAGES:
-        return f"class {cls.__name__} has stage {stage!r}; the stages are: {', '.join(DEFENSE_STAGES)}"
-    contract = {"data": Detector, "training": TrainingDefense}.get(stage, Defense)
+    stage = STAGES.get(getattr(cls, "stage", None))
+    if stage is None:
+        return f"class {cls.__name__} has stage {getattr(cls, 'stage', None)!r}; the stages are: {', '.join(STAGES)}"
+    contract = stage.contract_class()
     if not issubclass(cls, contract):
-        return (f"class {cls.__name__} has stage '{stage}' but does not derive from "
+        return (f"class {cls.__name__} has stage '{stage.name}' but does not derive from "
                 f"{contract.__module__}.{contract.__qualname__}")
     return None
 

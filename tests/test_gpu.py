@@ -16,10 +16,10 @@ import torch
 
 from benchmark.checkpoints import load_weights, save_state_dict
 from benchmark.data.pairs import PairSet
-from benchmark.data.streaming_batches import to_device
+from benchmark.data.batches import Normalizer, PairBatches, to_device
 from benchmark.device import Runtime, current_runtime, resolve_device, set_runtime
 from benchmark.models import create_model, model_config, tokenizer_for
-from benchmark.training import Normalizer, PairBatches, clip_loss, train
+from benchmark.training import clip_loss, train
 from benchmark.training_recipe import TrainRecipe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

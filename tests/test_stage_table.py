@@ -14,11 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.errors import UserError
 from benchmark.presets import load_preset
 from benchmark.runner import plan_grid, run_plan
 from benchmark.runner.cost import grid_cost
-from benchmark.stages import STAGES, Stage, stage_named
+from benchmark.stages import STAGES, Stage
 from benchmark.validate import validate
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext
@@ -97,9 +96,3 @@ def test_a_toy_stage_runs_end_to_end_from_one_table_entry_and_its_contract(toy_s
     from leaderboard.load import load_results
 
     assert set(load_results([tmp_path / "out"])["stage"]) == {"post-training", "toy-pruning"}
-
-
-def test_a_stage_outside_the_table_is_one_line_naming_the_stages():
-    with pytest.raises(UserError, match=r"^defense x declares stage 'later'; a defense's stage is one of "
-                                        r"post-training, training, data$"):
-        stage_named("later", "defense x")

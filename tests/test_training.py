@@ -54,12 +54,27 @@ def test_weight_decay_only_on_weight_matrices():
     assert all("bias" not in names[id(p)] and "ln" not in names[id(p)] for p in decay["params"])
 
 
-def test_the_old_import_paths_of_batching_still_work():
-    """The README's plugin example and installed plugins import batching from training and streaming_batches."""
-    import benchmark.data.batches as batches
-    import benchmark.data.streaming_batches as streaming
-    import benchmark.training as training
+def test_every_moved_path_in_the_deprecation_table_still_imports_with_a_warning_naming_the_new_one():
+    """Plugins written against an old path (batching in training and streaming_batches, CleanCLIP's augmentation
+    before it moved to the engine) keep working: the one table of moves answers them."""
+    import importlib
+    import re
+    import sys
 
-    assert (training.Normalizer, training.PairBatches, training.Batch) == (Normalizer, PairBatches, batches.Batch)
-    assert (streaming.pair_batches, streaming.rank_batches, streaming.to_device) == (
-        batches.pair_batches, batches.rank_batches, batches.to_device)
+    from benchmark.deprecations import MOVED_MODULES, MOVED_NAMES
+
+    for old, new in MOVED_MODULES.items():
+        sys.modules.pop(old, None)
+        with pytest.warns(DeprecationWarning, match=rf"^{re.escape(old)} has moved to {re.escape(new)};"):
+            module = importlib.import_module(old)
+        assert module is importlib.import_module(new) and module.__spec__.name == new
+    for module_name, names in MOVED_NAMES.items():
+        module = importlib.import_module(module_name)
+        for name, target in names.items():
+            new_module, _, attr = target.partition(":")
+            with pytest.warns(DeprecationWarning, match=rf"^{re.escape(module_name)}\.{name} has moved to "
+                                                         rf"{re.escape(new_module)}\.{attr};"):
+                found = getattr(module, name)
+            assert found is getattr(importlib.import_module(new_module), attr)
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        importlib.import_module("benchmark.training").no_such_name

@@ -35,7 +35,7 @@ from benchmark.data.source_splits import streamed_splits
 from benchmark.models import model_config, model_from_spec
 from benchmark.presets import DataSpec, Preset, split_attack_settings
 from benchmark.results import BENIGN_ATTACK, REFERENCE_DEFENSE
-from benchmark.stages import STAGES, Stage, stage_named
+from benchmark.stages import STAGES, Stage
 from benchmark.storage import content_key
 from benchmark.task import PRETRAIN_SPLIT, Task
 from defenses import DEFENSES
@@ -188,7 +188,7 @@ def _cell(preset: Preset, victim: VictimSpec, defense: str) -> CellSpec:
     instance = cls.from_settings(settings)
     config = config_dict(instance.config)
     tuning = tuning_note(preset, defense) if cls.uses_recipe else None
-    stage = stage_named(cls.stage, f"defense {defense}")
+    stage = STAGES[cls.stage]  # the registry refused a class of any other stage
     key, trained_key, removal_rate = stage.runner().keys(preset, victim, defense, cls.version, config)
     return CellSpec(victim, defense, cls.version, settings, config, key, stage_recipe(stage, preset, instance.config),
                     tuning, stage.name, removal_rate, trained_key)

@@ -49,10 +49,13 @@ from benchmark.augment.views import AugmentedPairBatches, default_augment_worker
 from benchmark.config import check_range
 from benchmark.data.batches import Batch, Normalizer, pair_batches
 from benchmark.data.loader import Pairs
+from benchmark.deprecations import moved_names
 from benchmark.errors import UserError
 from benchmark.training import clip_ssl_loss, train
 from defenses import DEFENSES
 from defenses.base import Defense, DefenseContext, check_recipe_overrides
+
+__getattr__ = moved_names(__name__)  # the shared views and loss that lived here once (now in the engine)
 
 
 @dataclass(frozen=True)
