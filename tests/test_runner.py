@@ -121,7 +121,7 @@ def test_plan_always_includes_the_no_defense_reference_and_shares_victims():
 
 
 # The runner's modules, lowest first: each imports only those before it, so there is no import circle.
-RUNNER_LAYERS = ("lock", "store", "plan", "pretrained", "record", "stages", "cost", "execute", "executors", "grid",
+RUNNER_LAYERS = ("lock", "store", "plan", "pretrained", "record", "cost", "stages", "execute", "executors", "grid",
                  "__init__")
 
 
