@@ -46,10 +46,11 @@ from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_prediction
 from benchmark.errors import UserError
 from benchmark.plugins import register_plugins
 from benchmark.predictions import PredictionsError, load_predictions
+from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
 from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
 from benchmark.results import _format as format_value
-from benchmark.runner.record import PLANNED_COLUMNS
+from benchmark.runner.record import PLANNED_COLUMNS, planned_columns
 from benchmark.storage import write_text_atomic
 from defenses import DEFENSES
 
@@ -269,16 +270,14 @@ def check_claims(bundle: Bundle, rows: list[dict[str, str]], defense: str) -> li
                    f"preset '{preset.name}'")
     if not own and bundle.meta.get("preset") != plan.preset.name:
         own = f"bundle.json's preset is {bundle.meta.get('preset')!r}, the bundled preset's name {plan.preset.name!r}"
-    from benchmark.runner.record import planned_columns
-
     checks = []
     for row in rows:
         expected = {column: format_value(value) for column, value in planned_columns(plan, planned[row["cell_id"]])
                     .items()}
         wrong = [column for column in CLAIM_COLUMNS if row[column] != expected[column]]
-        if own or wrong:
-            detail = own or (f"the row claims {wrong[0]} {row[wrong[0]] or 'empty'!r}; the bundled preset and "
-                             f"sources plan {expected[wrong[0]] or 'empty'!r}")
+        if wrong or own:
+            detail = (f"the row claims {wrong[0]} {row[wrong[0]] or 'empty'!r}; the bundled preset and sources plan "
+                      f"{expected[wrong[0]] or 'empty'!r}") if wrong else own
             checks.append(CellCheck(row["attack"], row["defense"], int(row["seed"]), row["cell_id"], False,
                                     f"{detail}; nothing was rerun"))
     return checks
@@ -299,7 +298,8 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
         attacks = sorted({attack for attack, _ in chosen} - {BENIGN_ATTACK}) or BENIGN_ATTACK
         grid = run_grid(attacks, [defense], sorted({seed for _, seed in chosen}), preset=str(bundle.folder / PRESET),
                         out=out, device=device, data_dir=data_dir or bundle.meta.get("data_dir") or None,
-                        no_plugin_autoload=True, workers=1)  # in this process, with the plugins loaded above
+                        no_plugin_autoload=True, workers=1,  # in this process, with the plugins loaded above
+                        reporter=ScratchReporter(out))
     finally:
         torch.set_num_threads(before)
     rerun = {(r["attack"], r["defense"], r["seed"]): r for r in ResultsFile(grid.results).rows.values()}
@@ -311,6 +311,18 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
               for row in rows if row["status"] == "ok" and (row["attack"], row["defense"], row["seed"]) in rerun
               and row["defense"] in (defense, REFERENCE_DEFENSE)]
     return checks, ", ".join(sorted({r["device"] for r in rerun.values()}))
+
+
+class ScratchReporter(Reporter):
+    """The rerun's progress, its lines naming the scratch folder as such rather than by a path that is gone once
+    ``verify`` ends."""
+
+    def __init__(self, scratch: Path) -> None:
+        super().__init__()
+        self.scratch = str(scratch)
+
+    def log(self, message: str) -> None:
+        super().log(message.replace(self.scratch, "the scratch folder"))
 
 
 def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path, rerun_folder: Path,
