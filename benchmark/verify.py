@@ -48,7 +48,7 @@ from benchmark.plugins import register_plugins
 from benchmark.predictions import PredictionsError, load_predictions
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
-from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
+from benchmark.results import BENIGN_ATTACK, COLUMNS, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
 from benchmark.results import _format as format_value
 from benchmark.runner.record import PLANNED_COLUMNS, planned_columns
 from benchmark.storage import write_text_atomic
@@ -68,6 +68,7 @@ CLAIM_COLUMNS = [column for column in PLANNED_COLUMNS if column not in ENVIRONME
 # within the tolerance; predictions where both kept them).
 CHECKED_AGAINST_PLAN = [*CLAIM_COLUMNS, "bundle.json preset"]
 CHECKED_AGAINST_RERUN = ["status", *CLAIM_COLUMNS, *METRIC_COLUMNS, "predictions"]
+NOT_CHECKED = [column for column in COLUMNS if column not in CHECKED_AGAINST_RERUN]  # as the record says
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,8 @@ class Verification:
                 "device": self.device, "cleanbench_version": __version__, "git_commit": git_commit(),
                 "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rerun": self.rerun,
                 "fields_checked": {"against_the_bundled_preset_and_sources": CHECKED_AGAINST_PLAN,
-                                   "against_the_rerun": CHECKED_AGAINST_RERUN if self.rerun else []},
+                                   "against_the_rerun": CHECKED_AGAINST_RERUN if self.rerun else [],
+                                   "not_checked": NOT_CHECKED},
                 "cells": [asdict(check) for check in self.checks]}
 
 

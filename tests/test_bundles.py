@@ -364,6 +364,7 @@ def test_verify_finds_relabelled_rows_not_verified_before_rerunning(submitted, c
     assert record["verified"] is False and record["rerun"] is False
     assert {"preset", "model", "defense_recipe", "attack_version", "defense_source_sha256", "bundle.json preset"} <= \
         set(record["fields_checked"]["against_the_bundled_preset_and_sources"])
+    assert record["fields_checked"]["against_the_rerun"] == [] and "git_commit" in record["fields_checked"]["not_checked"]
 
     (tmp_path / "model").mkdir()
     bundle = _copy(submitted, tmp_path / "model")  # the model alone relabelled
