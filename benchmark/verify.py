@@ -18,10 +18,10 @@ predictions where the bundle has them, each row's from its cache folder: :mod:`b
 ran on the same kind of CPU (model and the instruction set torch dispatches to: another one rounds some kernels
 differently) with the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must
 agree within a stated absolute tolerance and the image counts exactly. Either way the rerun's row must equal the
-bundle's in every one of those columns too. What a row says of the machine and checkout (``cleanbench_version``,
-``git_commit``, the distributions that provided the code, device, times) is not checked: the record lists what was (:data:`CHECKED_AGAINST_PLAN`,
-:data:`CHECKED_AGAINST_RERUN`). Verifying runs the plugin's code: do it in a
-sandbox for code you do not trust.
+bundle's in every claim column too. What a row says of the machine and checkout (``cleanbench_version``,
+``git_commit``, the distributions that provided the code, device, times) is not checked; the record lists what
+was and what was not (:data:`CHECKED_AGAINST_PLAN`, :data:`CHECKED_AGAINST_RERUN`, :data:`NOT_CHECKED`).
+Verifying runs the plugin's code: do it in a sandbox for code you do not trust.
 """
 
 from __future__ import annotations

@@ -342,10 +342,11 @@ def nothing_trains(monkeypatch):
 
 def _relabel(files: dict) -> None:
     """What issue 43 tried: test-preset rows passed off as cc3m-rn50 results from another commit."""
-    for column, value in [("preset", "cc3m-rn50"), ("model", "RN50"), ("git_commit", "0123456789abcdef" * 2 + "01234567")]:
+    commit = "0123456789abcdef" * 2 + "01234567"
+    for column, value in [("preset", "cc3m-rn50"), ("model", "RN50"), ("git_commit", commit)]:
         _set_column(files, "results.csv", column, value)
     meta = json.loads(files["bundle.json"])
-    files["bundle.json"] = json.dumps({**meta, "preset": "cc3m-rn50", "git_commit": "0123456789abcdef"}).encode()
+    files["bundle.json"] = json.dumps({**meta, "preset": "cc3m-rn50", "git_commit": commit}).encode()
 
 
 def test_verify_finds_relabelled_rows_not_verified_before_rerunning(submitted, cli, tmp_path, nothing_trains):
@@ -358,13 +359,14 @@ def test_verify_finds_relabelled_rows_not_verified_before_rerunning(submitted, c
     assert len(lines) == 5 and all(line.startswith("NOT verified") for line in lines[:4])
     assert ("NOT verified: badnet × jitter seed 0 (the row claims preset 'cc3m-rn50'; the bundled preset and sources "
             "plan 'fmnist-test'; nothing was rerun)") in lines
-    assert lines[4] == f"{bundle}: NOT verified (4 rows claim what the bundled preset and sources do not plan; nothing " \
-                       "was rerun)"
+    assert lines[4] == (f"{bundle}: NOT verified (4 rows claim what the bundled preset and sources do not plan; "
+                        "nothing was rerun)")
     record = json.loads(record_path(bundle).read_text())
     assert record["verified"] is False and record["rerun"] is False
     assert {"preset", "model", "defense_recipe", "attack_version", "defense_source_sha256", "bundle.json preset"} <= \
         set(record["fields_checked"]["against_the_bundled_preset_and_sources"])
-    assert record["fields_checked"]["against_the_rerun"] == [] and "git_commit" in record["fields_checked"]["not_checked"]
+    checked = record["fields_checked"]
+    assert checked["against_the_rerun"] == [] and "git_commit" in checked["not_checked"]
 
     (tmp_path / "model").mkdir()
     bundle = _copy(submitted, tmp_path / "model")  # the model alone relabelled
