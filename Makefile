@@ -8,9 +8,9 @@ PYTHON ?= python3
 APT_PACKAGES = dataset-fashion-mnist wordnet-base chromium
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# The quick suite: the paper's BadNet against no defense, finetuning and CleanCLIP, one seed; well within 15
-# minutes on 2 CPU cores, setup included (benchmarks/results/make-run-2026-11-30.md).
-QUICK_SUITE = --attacks badnet --defenses none,finetune,cleanclip --seeds 0
+# The quick suite is what `cleanbench run` runs without --attacks/--defenses (benchmark/cli/support.py): the
+# paper's BadNet against no defense, finetuning and CleanCLIP, one seed; well within 15 minutes on 2 CPU cores,
+# setup included (benchmarks/results/make-run-2026-11-30.md).
 
 .PHONY: setup run run-all test
 
@@ -27,7 +27,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 run: setup
-	$(VENV)/bin/cleanbench run $(QUICK_SUITE) --out results
+	$(VENV)/bin/cleanbench run --out results
 
 run-all: setup
 	$(VENV)/bin/cleanbench run --attacks all --defenses all --seeds 0 --out results

@@ -94,7 +94,7 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
              no_plugin_autoload: bool = False, precision: str = "auto", compile_model: bool = False, gpus: int = 1,
              executor: str = "local", workers: int = 0, slurm: SlurmSettings = SlurmSettings(),
              sweeps: Sequence[str] = (), warn: Callable[[str], None] | None = None,
-             before_run: Callable[[], None] | None = None) -> GridRun:
+             before_run: Callable[[], None] | None = None, reporter: Any = None) -> GridRun:
     """Run ``preset × (attacks + benign control) × defenses × seeds`` into ``out``: results.csv and the cache; the
     report (trigger gallery and leaderboard) is :func:`write_report`'s, which ``cleanbench run`` calls after this.
 
@@ -106,7 +106,9 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
     ``seeds`` as integers or ``"0,1,2"``, ``sweeps`` as ``"KEY=V1,V2"`` (added to the preset's ``[sweep]``; every
     point is planned and checked first, then run in turn, :mod:`benchmark.sweeps`). ``warn`` receives each plugin
     that failed to load (default: :func:`warnings.warn`); ``before_run`` is called once everything is checked,
-    before anything is written (the CLI relaunches itself under torchrun there).
+    before anything is written (the CLI relaunches itself under torchrun there); ``reporter`` (a
+    :class:`benchmark.progress.Reporter`) draws the progress and its lines, by default bars on a terminal and
+    timestamped lines on stderr.
     """
     from attacks import ATTACKS
     from benchmark import distributed
@@ -143,7 +145,7 @@ def run_grid(attacks: str | Sequence[AttackChoice] = "all", defenses: str | Sequ
         before_run()
     torch_device = distributed.init_from_env(torch_device)
     main = distributed.world().is_main
-    reporter = Reporter(quiet=not main)
+    reporter = reporter if reporter is not None else Reporter(quiet=not main)
     out = Path(out)
     worker_plugins = tuple(dict.fromkeys([*plugins, *filter(None, map(_import_spec, given))]))
     grid_executor = build_executor(executor, workers=workers, gpus=gpus, device=torch_device, device_name=device,

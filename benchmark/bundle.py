@@ -19,7 +19,7 @@ plans as they are (:func:`unplanned_rows`, checked by ``submit`` before writing 
 A bundle comes from someone else and is untrusted: :func:`extract_bundle` refuses, before anything is
 written outside a fresh folder or run, any path that could escape it (absolute, ``..``, links, odd characters),
 more than :data:`MAX_FILES` files or :data:`MAX_TOTAL_BYTES` bytes (counted while reading, not only as
-declared), a file the manifest does not list or lists but is missing, and any hash mismatch; a source whose
+declared), a file the manifest does not list, lists twice or lists but is missing, and any hash mismatch; a source whose
 hash differs from the one its rows record is refused too. Predictions are read with ``allow_pickle=False``
 (:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that is what a rerun is.
 """
@@ -168,7 +168,9 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, members: dict[str, zipf
         raise BundleError(f"{path}: no {MANIFEST}; not a cleanbench bundle")
     data = _read_limited(archive, members[MANIFEST], MAX_MANIFEST_BYTES, path)
     try:
-        manifest = json.loads(data)
+        manifest = json.loads(data, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as duplicate:
+        raise BundleError(f"{path}: {MANIFEST} lists {duplicate.args[0]} more than once: refused") from None
     except ValueError:
         manifest = None
     files = manifest.get("files") if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else None
@@ -179,6 +181,19 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, members: dict[str, zipf
     for name in files:
         check_member_name(name)
     return manifest
+
+
+class _DuplicateKey(Exception):
+    """A JSON object that names a key twice (``json`` would silently keep the last)."""
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen[key] = value
+    return seen
 
 
 def _extract_member(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo, folder: Path,

@@ -1,6 +1,8 @@
 """Progress for people and for logs: rich bars on a terminal, one plain line per finished stage everywhere.
 
-CI logs show no live bars, so the plain line is the record; the bars are a convenience on a terminal.
+CI logs show no live bars, so the plain line is the record; the bars are a convenience on a terminal. While a bar
+is drawn, lines are printed through its console, above it, so they never overwrite it (worker processes hand theirs
+to the coordinator's reporter: :mod:`benchmark.runner.executors`).
 """
 
 from __future__ import annotations
@@ -30,8 +32,15 @@ class Reporter:
         """One plain, timestamped line (stderr), kept in CI logs."""
         if self.quiet:
             return
-        line = f"[{time.strftime('%H:%M:%S')}] {message}"
-        if self.console is not None:
+        self.write(f"[{time.strftime('%H:%M:%S')}] {message}")
+
+    def write(self, line: str) -> None:
+        """Print one finished line: above the live bar, through its console, while one is drawn (a line printed
+        past it would be drawn over), else on this reporter's console or stderr."""
+        progress = self._progress
+        if progress is not None:
+            progress.console.print(line, markup=False, highlight=False)
+        elif self.console is not None:
             self.console.print(line, markup=False, highlight=False)
         else:
             print(line, file=sys.stderr, flush=True)
@@ -54,4 +63,8 @@ class Reporter:
                 info = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
                 progress.update(task_id, advance=n, info=info)
 
-            yield advance
+            outer, self._progress = self._progress, progress
+            try:
+                yield advance
+            finally:
+                self._progress = outer

@@ -2,7 +2,12 @@
 
 The bundle is checked first (:func:`benchmark.bundle.open_bundle`: paths, limits, manifest hashes, source hashes);
 nothing runs until it passes. Then the bundled preset must plan the very cell ids the rows record, built-in
-components must be the same code here (same source hash), and plugin code is loaded from the bundle itself
+components must be the same code here (same source hash), its predictions must be readable without pickle and
+fit their rows (:func:`check_predictions`), and every row must claim what planning its cell from the bundled
+preset and sources gives (:data:`CLAIM_COLUMNS`: preset name, model, victim and defense settings and recipe,
+attack and defense versions and source hashes, keys; a preset named as a built-in one must be that
+preset). A row that claims anything else is NOT verified, naming the column, and nothing is rerun. Plugin code
+is loaded from the bundle itself
 (a file as ``--plugin file.py``, a package from the bundle's copy put first on ``sys.path``), never from what
 is installed under the same name. A bundle may not bring its own code under a built-in's name (it could
 otherwise replace the no-defense reference it is measured against).
@@ -12,12 +17,16 @@ only: the library call draws no page). A cell is compared bitwise (every metric 
 predictions where the bundle has them, each row's from its cache folder: :mod:`benchmark.cache_layout`) when both
 ran on the same kind of CPU (model and the instruction set torch dispatches to: another one rounds some kernels
 differently) with the same torch thread count (verify sets the rows' count); otherwise CA, top-5 CA and ASR must
-agree within a stated absolute tolerance and the image counts exactly. Verifying runs the plugin's code: do it in a
-sandbox for code you do not trust.
+agree within a stated absolute tolerance and the image counts exactly. Either way the rerun's row must equal the
+bundle's in every claim column too. What a row says of the machine and checkout (``cleanbench_version``,
+``git_commit``, the distributions that provided the code, device, times) is not checked; the record lists what
+was and what was not (:data:`CHECKED_AGAINST_PLAN`, :data:`CHECKED_AGAINST_RERUN`, :data:`NOT_CHECKED`).
+Verifying runs the plugin's code: do it in a sandbox for code you do not trust.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -32,13 +41,16 @@ import numpy as np
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path, unplanned_rows
-from benchmark.cache_layout import CacheLayout
+from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path
+from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.errors import UserError
 from benchmark.plugins import register_plugins
-from benchmark.predictions import load_predictions
+from benchmark.predictions import PredictionsError, load_predictions
+from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
-from benchmark.results import BENIGN_ATTACK, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
+from benchmark.results import BENIGN_ATTACK, COLUMNS, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
+from benchmark.results import _format as format_value
+from benchmark.runner.record import PLANNED_COLUMNS, planned_columns
 from benchmark.storage import write_text_atomic
 from defenses import DEFENSES
 
@@ -46,6 +58,17 @@ DEFAULT_TOLERANCE = 0.02  # absolute, on CA, top-5 CA and ASR, where a bitwise c
 TOLERANCE_METRICS = ("ca", "ca_top5", "asr")
 ENGINE_PACKAGES = ("attacks", "benchmark", "cleanbench", "defenses", "leaderboard")  # a bundle may not shadow these
 _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+KEY_COLUMNS = ("cell_id", "cache_key", "victim_key")  # keyed with the data folder: another --data-dir changes them
+# Which installed distribution provides a component, and its version, say where the code came from on a machine,
+# not what the code is (its source hash does): like the checkout and the device they are not checked.
+ENVIRONMENT_COLUMNS = ("attack_package", "attack_package_version", "defense_package", "defense_package_version")
+CLAIM_COLUMNS = [column for column in PLANNED_COLUMNS if column not in ENVIRONMENT_COLUMNS]
+# What the verification record says was checked: each row's claims against a new plan of its cell (and bundle.json's
+# preset), and each rerun row against its bundle row (bitwise, or the image counts exactly and CA, top-5 CA and ASR
+# within the tolerance; predictions where both kept them).
+CHECKED_AGAINST_PLAN = [*CLAIM_COLUMNS, "bundle.json preset"]
+CHECKED_AGAINST_RERUN = ["status", *CLAIM_COLUMNS, *METRIC_COLUMNS, "predictions"]
+NOT_CHECKED = [column for column in COLUMNS if column not in CHECKED_AGAINST_RERUN]  # as the record says
 
 
 @dataclass(frozen=True)
@@ -72,6 +95,7 @@ class Verification:
     checks: list[CellCheck]
     tolerance: float
     device: str
+    rerun: bool = True  # False: rows claimed what their preset and sources do not plan, and nothing was rerun
 
     @property
     def verified(self) -> bool:
@@ -83,7 +107,10 @@ class Verification:
         return {"format": 1, "bundle": self.bundle.path.name, "bundle_sha256": self.bundle.sha256,
                 "defense": self.bundle.meta["defense"], "verified": self.verified, "tolerance": self.tolerance,
                 "device": self.device, "cleanbench_version": __version__, "git_commit": git_commit(),
-                "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "verified_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rerun": self.rerun,
+                "fields_checked": {"against_the_bundled_preset_and_sources": CHECKED_AGAINST_PLAN,
+                                   "against_the_rerun": CHECKED_AGAINST_RERUN if self.rerun else [],
+                                   "not_checked": NOT_CHECKED},
                 "cells": [asdict(check) for check in self.checks]}
 
 
@@ -99,16 +126,20 @@ def verify_bundle(path: Path, *, cells: str | None = None, device: str = "auto",
         rows = list(ResultsFile(bundle.results).rows.values())
         defense = bundle.meta["defense"]
         chosen = choose_cells(rows, defense, cells)
+        check_predictions(bundle.folder, rows)
         try:
             _load_sources(bundle)
-            _check_plan(bundle, rows, defense)
-            log(f"rerunning {', '.join(f'{a}:{s}' for a, s in chosen)} of {defense} (and the cells they are compared "
-                "with)")
-            checks, ran_on = _rerun(bundle, rows, defense, chosen, Path(scratch) / "rerun", device, data_dir,
-                                    tolerance)
+            claims = check_claims(bundle, rows, defense)
+            if claims:
+                result = Verification(bundle, claims, tolerance, "", rerun=False)
+            else:
+                log(f"rerunning {', '.join(f'{a}:{s}' for a, s in chosen)} of {defense} (and the cells they are "
+                    "compared with) in a scratch folder deleted afterwards")
+                checks, ran_on = _rerun(bundle, rows, defense, chosen, Path(scratch) / "rerun", device, data_dir,
+                                        tolerance)
+                result = Verification(bundle, checks, tolerance, ran_on)
         finally:
             _forget_sources(bundle)
-        result = Verification(bundle, checks, tolerance, ran_on)
         if record:
             write_text_atomic(record_path(bundle.path), json.dumps(result.record(), indent=1))
     return result
@@ -193,14 +224,65 @@ def _purge_modules(top: str) -> None:
         del sys.modules[name]
 
 
-def _check_plan(bundle: Bundle, rows: list[dict[str, str]], defense: str) -> None:
-    """The bundled preset, with the data folder the rows were keyed with, must plan every row's cell id (else the
-    rerun would compare other cells)."""
-    missing = unplanned_rows(rows, defense, bundle.folder / PRESET, bundle.meta.get("data_dir"))
-    if missing:
-        row = missing[0]
-        raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × {row['defense']} "
-                        f"seed {row['seed']}) here: another version of an attack or defense")
+def check_predictions(folder: Path, rows: list[dict[str, str]]) -> None:
+    """Every bundled predictions file of a row must read without pickle and fit its row (as many clean and
+    triggered images, the row's class count): checked before anything runs (:class:`BundleError` otherwise)."""
+    layout = CacheLayout.of_run(folder)
+    for row in rows:
+        path = layout.row_predictions_path(row)
+        if path is None or not path.is_file():
+            continue
+        member = cell_predictions_member(str(cell_folder_key(row)))
+        try:
+            predictions = load_predictions(path)
+        except PredictionsError as error:
+            raise BundleError(f"the bundle's {str(error).replace(str(path), member)}: refused") from None
+        counts = {"n_clean": len(predictions.clean_pred), "n_triggered": len(predictions.triggered_pred),
+                  "n_classes": predictions.n_classes}
+        for column, count in counts.items():
+            if row[column] not in ("", str(count)):
+                raise BundleError(f"the bundle's {member} holds {count} for {column}, its row "
+                                  f"{row['cell_id']} {row[column]}: refused")
+
+
+def check_claims(bundle: Bundle, rows: list[dict[str, str]], defense: str) -> list[CellCheck]:
+    """Plan the rows' cells again from the bundled preset (with the data folder the rows were keyed with) and the
+    loaded sources; a row must be a planned cell (else :class:`UserError`: the rerun would compare other cells),
+    and one whose :data:`CLAIM_COLUMNS` differ from its plan is returned as NOT verified, naming the first
+    column that differs. A bundled preset named as a built-in preset must be that preset, and ``bundle.json``'s
+    preset the planned one."""
+    from benchmark.api import load_with_data_dir
+    from benchmark.presets import builtin_presets
+    from benchmark.runner import plan_grid
+
+    data_dir = bundle.meta.get("data_dir") or None
+    preset = load_with_data_dir(str(bundle.folder / PRESET), data_dir)
+    attacks = sorted({row["attack"] for row in rows} - {BENIGN_ATTACK})
+    plan = plan_grid(preset, attacks, [defense], sorted({int(row["seed"]) for row in rows}))
+    planned = {cell.row_id: cell for cell in plan.cells}
+    for row in rows:
+        if row["cell_id"] not in planned:
+            raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × "
+                            f"{row['defense']} seed {row['seed']}) here: another version of an attack or defense")
+    own = ""
+    if preset.name in builtin_presets():
+        here = load_with_data_dir(preset.name, data_dir)
+        if dataclasses.replace(here, source="") != dataclasses.replace(preset, source=""):
+            own = (f"the bundled preset is named '{preset.name}' but its settings are not those of the built-in "
+                   f"preset '{preset.name}'")
+    if not own and bundle.meta.get("preset") != plan.preset.name:
+        own = f"bundle.json's preset is {bundle.meta.get('preset')!r}, the bundled preset's name {plan.preset.name!r}"
+    checks = []
+    for row in rows:
+        expected = {column: format_value(value) for column, value in planned_columns(plan, planned[row["cell_id"]])
+                    .items()}
+        wrong = [column for column in CLAIM_COLUMNS if row[column] != expected[column]]
+        if wrong or own:
+            detail = (f"the row claims {wrong[0]} {row[wrong[0]] or 'empty'!r}; the bundled preset and sources plan "
+                      f"{expected[wrong[0]] or 'empty'!r}") if wrong else own
+            checks.append(CellCheck(row["attack"], row["defense"], int(row["seed"]), row["cell_id"], False,
+                                    f"{detail}; nothing was rerun"))
+    return checks
 
 
 def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: list[tuple[str, int]], out: Path,
@@ -218,7 +300,8 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
         attacks = sorted({attack for attack, _ in chosen} - {BENIGN_ATTACK}) or BENIGN_ATTACK
         grid = run_grid(attacks, [defense], sorted({seed for _, seed in chosen}), preset=str(bundle.folder / PRESET),
                         out=out, device=device, data_dir=data_dir or bundle.meta.get("data_dir") or None,
-                        no_plugin_autoload=True, workers=1)  # in this process, with the plugins loaded above
+                        no_plugin_autoload=True, workers=1,  # in this process, with the plugins loaded above
+                        reporter=ScratchReporter(out))
     finally:
         torch.set_num_threads(before)
     rerun = {(r["attack"], r["defense"], r["seed"]): r for r in ResultsFile(grid.results).rows.values()}
@@ -232,6 +315,18 @@ def _rerun(bundle: Bundle, rows: list[dict[str, str]], defense: str, chosen: lis
     return checks, ", ".join(sorted({r["device"] for r in rerun.values()}))
 
 
+class ScratchReporter(Reporter):
+    """The rerun's progress, its lines naming the scratch folder as such rather than by a path that is gone once
+    ``verify`` ends."""
+
+    def __init__(self, scratch: Path) -> None:
+        super().__init__()
+        self.scratch = str(scratch)
+
+    def log(self, message: str) -> None:
+        super().log(message.replace(self.scratch, "the scratch folder"))
+
+
 def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path, rerun_folder: Path,
                  tolerance: float, same_keys: bool = True) -> CellCheck:
     """Compare a bundle row with its rerun: bitwise on the same kind of CPU (:func:`benchmark.device.cpu_kind`) at
@@ -243,6 +338,10 @@ def compare_cell(row: dict[str, str], rerun: dict[str, str], bundle_folder: Path
         return check(False, f"the rerun failed: {rerun['reason']}")
     if same_keys and rerun["cell_id"] != row["cell_id"]:
         return check(False, f"the rerun is cell {rerun['cell_id']}, not {row['cell_id']} (another config)")
+    for column in CLAIM_COLUMNS:
+        if rerun.get(column, "") != row.get(column, "") and (same_keys or column not in KEY_COLUMNS):
+            return check(False, f"{column} is {row.get(column) or 'empty'!r} in the bundle, "
+                                f"{rerun.get(column) or 'empty'!r} on the rerun")
     bitwise = (row["device"] == rerun["device"] == "cpu" and row["torch_threads"] == rerun["torch_threads"]
                and row["cpu"] == rerun["cpu"] != "")
     if not bitwise:

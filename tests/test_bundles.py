@@ -317,3 +317,134 @@ def test_cells_compare_bitwise_on_the_same_cpu_at_the_same_thread_count_else_wit
     other_id = {**row, "cell_id": "b" * 16}
     assert not compare_cell(row, other_id, tmp_path, tmp_path, 0.02).verified  # another config
     assert compare_cell(row, other_id, tmp_path, tmp_path, 0.02, same_keys=False).verified  # another --data-dir
+
+
+def _set_column(files: dict, name: str, column: str, value: str) -> None:
+    """Set ``column`` of every row of the CSV member ``name`` to ``value``."""
+    rows = list(csv.DictReader(io.StringIO(files[name].decode())))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{**row, column: value} for row in rows])
+    files[name] = buffer.getvalue().encode()
+
+
+@pytest.fixture
+def nothing_trains(monkeypatch):
+    """Make any rerun fail the test: verify must refuse before it trains anything."""
+    import benchmark.api
+
+    def train(*args, **kwargs):
+        raise AssertionError("verify reran cells of a bundle it should have refused")
+
+    monkeypatch.setattr(benchmark.api, "run_grid", train)
+
+
+def _relabel(files: dict) -> None:
+    """What issue 43 tried: test-preset rows passed off as cc3m-rn50 results from another commit."""
+    commit = "0123456789abcdef" * 2 + "01234567"
+    for column, value in [("preset", "cc3m-rn50"), ("model", "RN50"), ("git_commit", commit)]:
+        _set_column(files, "results.csv", column, value)
+    meta = json.loads(files["bundle.json"])
+    files["bundle.json"] = json.dumps({**meta, "preset": "cc3m-rn50", "git_commit": commit}).encode()
+
+
+def test_verify_finds_relabelled_rows_not_verified_before_rerunning(submitted, cli, tmp_path, nothing_trains):
+    bundle = _copy(submitted, tmp_path)
+    _rewrite(bundle, _relabel)  # the manifest redone: a consistent forgery
+    DEFENSES.unregister("jitter")
+    code, out, err = cli("verify", bundle, "--device", "cpu")
+    assert code == 1 and "rerunning" not in err
+    lines = out.splitlines()
+    assert len(lines) == 5 and all(line.startswith("NOT verified") for line in lines[:4])
+    assert ("NOT verified: badnet × jitter seed 0 (the row claims preset 'cc3m-rn50'; the bundled preset and sources "
+            "plan 'fmnist-test'; nothing was rerun)") in lines
+    assert lines[4] == (f"{bundle}: NOT verified (4 rows claim what the bundled preset and sources do not plan; "
+                        "nothing was rerun)")
+    record = json.loads(record_path(bundle).read_text())
+    assert record["verified"] is False and record["rerun"] is False
+    assert {"preset", "model", "defense_recipe", "attack_version", "defense_source_sha256", "bundle.json preset"} <= \
+        set(record["fields_checked"]["against_the_bundled_preset_and_sources"])
+    checked = record["fields_checked"]
+    assert checked["against_the_rerun"] == [] and "git_commit" in checked["not_checked"]
+
+    (tmp_path / "model").mkdir()
+    bundle = _copy(submitted, tmp_path / "model")  # the model alone relabelled
+    _rewrite(bundle, lambda files: _set_column(files, "results.csv", "model", "RN50"))
+    code, out, _ = cli("verify", bundle, "--device", "cpu")
+    assert code == 1 and "the row claims model 'RN50'; the bundled preset and sources plan 'cleanbench-vit-tiny'" in out
+
+
+def test_verify_finds_a_preset_renamed_as_a_builtin_not_verified(submitted, cli, tmp_path, nothing_trains):
+    """The preset's name is not part of the cell ids: a test-sized preset renamed fmnist-tiny plans the same cells,
+    but it is not the built-in fmnist-tiny."""
+    bundle = _copy(submitted, tmp_path)
+
+    def rename(files: dict) -> None:
+        files["preset.toml"] = files["preset.toml"].replace(b'name = "fmnist-test"', b'name = "fmnist-tiny"')
+        _set_column(files, "results.csv", "preset", "fmnist-tiny")
+        files["bundle.json"] = json.dumps({**json.loads(files["bundle.json"]), "preset": "fmnist-tiny"}).encode()
+
+    _rewrite(bundle, rename)
+    DEFENSES.unregister("jitter")
+    code, out, err = cli("verify", bundle, "--device", "cpu")
+    assert code == 1 and "rerunning" not in err
+    assert "the bundled preset is named 'fmnist-tiny' but its settings are not those of the built-in preset" in out
+
+
+def test_a_manifest_entry_listed_twice_refuses_the_bundle(submitted, cli, tmp_path, nothing_trains):
+    bundle = _copy(submitted, tmp_path)
+    with zipfile.ZipFile(bundle) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    listing = json.loads(files[MANIFEST])["files"]
+    entries = [f'"{name}": {json.dumps(entry)}' for name, entry in listing.items()]
+    entries.insert(0, f'"results.csv": {json.dumps({"bytes": 1, "sha256": "0" * 64})}')  # json keeps the last
+    files[MANIFEST] = ('{"format": 1, "files": {' + ", ".join(entries) + "}}").encode()
+    with zipfile.ZipFile(bundle, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    code, _, err = cli("verify", bundle, "--device", "cpu")
+    assert code == 2 and err.strip().splitlines() == [f"error: {bundle}: manifest.json lists results.csv more than "
+                                                      "once: refused"]
+    assert not record_path(bundle).exists()
+
+
+def _npz(**arrays) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.asarray(value, dtype=object if name == "pickled" else None)
+                        for name, value in arrays.items()})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["pickled", "shape"])
+def test_verify_refuses_bad_predictions_before_training(submitted, cli, tmp_path, nothing_trains, kind):
+    import numpy as np
+
+    from tests.helpers import RunsCode
+
+    bundle = _copy(submitted, tmp_path)
+    ran = tmp_path / "ran"
+    with zipfile.ZipFile(bundle) as archive:
+        member = sorted(name for name in archive.namelist() if name.endswith("predictions.npz"))[0]
+        with np.load(io.BytesIO(archive.read(member))) as data:
+            arrays = {name: data[name] for name in data.files}
+
+    def replace(files: dict) -> None:
+        if kind == "pickled":
+            files[member] = _npz(**{**arrays, "clean_pred": np.array([RunsCode(ran)] * len(arrays["clean_pred"]),
+                                                                     dtype=object)})
+        else:
+            files[member] = _npz(**{**arrays, "clean_label": arrays["clean_label"][:10],
+                                    "clean_pred": arrays["clean_pred"][:10]})
+
+    _rewrite(bundle, replace)
+    code, _, err = cli("verify", bundle, "--device", "cpu")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "rerunning" not in err
+    if kind == "pickled":
+        assert f"the bundle's {member}: not a readable predictions file (Object arrays cannot be loaded" in err
+        assert "refused" in err and not ran.exists()
+    else:
+        assert f"the bundle's {member} holds 10 for n_clean, its row" in err and "300: refused" in err
+    assert "cleanbench-verify-" not in err and not record_path(bundle).exists()

@@ -113,3 +113,37 @@ def test_help_is_torch_free_and_python_m_benchmark_cli_runs_the_app():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
     shown = subprocess.run([sys.executable, "-m", "benchmark.cli", "--help"], capture_output=True, text=True)
     assert shown.returncode == 0 and "run" in shown.stdout and "validate" in shown.stdout
+
+
+@pytest.mark.parametrize("args, expected, note", [
+    ([], ("badnet", "none,finetune,cleanclip"), "running the quick suite: --attacks badnet --defenses "
+                                                "none,finetune,cleanclip; every attack against every defense is "
+                                                "--attacks all --defenses all"),
+    (["--attacks", "all"], ("all", "none,finetune,cleanclip"), "running the quick suite's choice: --defenses "
+                                                               "none,finetune,cleanclip;"),
+    (["--attacks", "all", "--defenses", "all"], ("all", "all"), None),
+])
+def test_run_without_attacks_or_defenses_runs_the_quick_suite_and_says_how_to_run_everything(
+        tmp_path, monkeypatch, args, expected, note):
+    """A plain ``cleanbench run`` (what ``make run`` types) is the quick suite, not every attack × every defense."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import benchmark.api
+    from benchmark.cli import app
+    from benchmark.errors import UserError
+
+    asked = []
+
+    def run_grid(attacks, defenses, seeds, **kwargs):
+        asked.append((attacks, defenses, seeds))
+        raise UserError("stop here: nothing runs")
+
+    monkeypatch.setattr(benchmark.api, "run_grid", run_grid)
+    result = CliRunner().invoke(app, ["run", *args, "--out", str(tmp_path / "out")])
+    assert asked == [(*expected, "0")]
+    assert (note in result.stderr) if note else "quick suite" not in result.stderr
+    make_run = [line.strip() for line in (Path(__file__).parent.parent / "Makefile").read_text().splitlines()
+                if "cleanbench run" in line and not line.startswith("#")]
+    assert "$(VENV)/bin/cleanbench run --out results" in make_run  # `make run` relies on run's default

@@ -76,12 +76,26 @@ class BarRecorder(Reporter):
         self.bars.append((description, done[0], total))
 
 
-def test_local_workers_share_a_victims_cells(tmp_path):
+class LineRecorder(BarRecorder):
+    """A :class:`BarRecorder` that also records every line it would print."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.quiet = False  # still no live bar (set up as quiet); lines are recorded, not printed
+        self.lines: list[str] = []
+
+    def write(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def test_local_workers_share_a_victims_cells(tmp_path, capfd):
     """Each victim is trained once, then its cells go to whichever worker is free; rows as in one process. The
-    coordinator's one bar for the grid counts every victim and cell, with workers as in one process."""
+    coordinator's one bar for the grid counts every victim and cell, with workers as in one process, and the
+    workers' lines reach the terminal through the coordinator's reporter (which prints them above its bar), never
+    straight from the worker (which would print over the bar)."""
     plan = plan_grid(small_plan().preset, ["badnet"], ["none", "finetune"], [0])
     reference, out = tmp_path / "in-process", tmp_path / "run"
-    in_process, pooled = BarRecorder(), BarRecorder()
+    in_process, pooled = BarRecorder(), LineRecorder()
     run_plan(plan, reference, CPU, reporter=in_process)
     summary = run_plan(plan, out, CPU, reporter=pooled, executor=LocalPool(2, SETUP))
     assert (summary.victims_trained, summary.victims_loaded, summary.cells_run, summary.cells_failed) == (2, 0, 4, 0)
@@ -89,6 +103,10 @@ def test_local_workers_share_a_victims_cells(tmp_path):
     for recorder in (in_process, pooled):
         grid_bars = [bar for bar in recorder.bars if bar[0] == GRID_BAR]
         assert grid_bars == [(GRID_BAR, 6, 6)]  # 2 victims + 4 cells, all done
+    worker_lines = [line for line in pooled.lines if "victim badnet seed 0: trained in" in line]
+    assert len(worker_lines) == 1 and worker_lines[0].startswith("[")  # timestamped in the worker
+    assert sum("cell badnet × finetune seed 0: CA" in line for line in pooled.lines) == 1
+    assert "trained in" not in capfd.readouterr().err
 
 
 def test_cells_of_a_killed_worker_are_recorded_as_failed_and_the_grid_goes_on(tmp_path, monkeypatch):

@@ -15,9 +15,9 @@ from benchmark.cli import scale
 from benchmark.cli.attacks import attacks_app
 from benchmark.cli.check import check_command
 from benchmark.cli.new import new_command
-from benchmark.cli.support import (AttacksOption, DataDirOption, DefensesOption, NoAutoloadOption, PluginOption,
-                                   PoisonCountOption, PoisonRateOption, PresetOption, SeedsOption, SweepOption,
-                                   register_plugins_and_warn,
+from benchmark.cli.support import (QUICK_ATTACKS, QUICK_DEFENSES, DataDirOption, NoAutoloadOption, PluginOption,
+                                   PoisonCountOption, PoisonRateOption, PresetOption, RunAttacksOption,
+                                   RunDefensesOption, SeedsOption, SweepOption, register_plugins_and_warn,
                                    user_errors)
 from benchmark.cli.submit import submit_command, verify_command
 from benchmark.cli.validate import DataOption, validate_command
@@ -41,8 +41,8 @@ app.command("verify")(verify_command)
 @app.command()
 @user_errors
 def run(
-    attacks: str = AttacksOption,
-    defenses: str = DefensesOption,
+    attacks: Optional[str] = RunAttacksOption,
+    defenses: Optional[str] = RunDefensesOption,
     seeds: str = SeedsOption,
     preset: str = PresetOption,
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
@@ -65,10 +65,15 @@ def run(
     max_ca_cost: float = MaxCaCostOption,
     sweep: Optional[List[str]] = SweepOption,
 ) -> None:
-    """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell."""
+    """Run the grid: poison → train victim → defend → evaluate CA and ASR; one CSV row per cell. Without --attacks
+    and --defenses, the quick suite (badnet against none, finetune and cleanclip)."""
     from benchmark.api import SlurmSettings, run_grid, write_report
     from benchmark.distributed import world
 
+    if attacks is None or defenses is None:
+        typer.echo(quick_suite_note(attacks, defenses), err=True)
+        attacks = QUICK_ATTACKS if attacks is None else attacks
+        defenses = QUICK_DEFENSES if defenses is None else defenses
     grid = run_grid(
         attacks, defenses, seeds, preset=preset, out=out, device=device, poison_rate=poison_rate,
         poison_count=poison_count, data_dir=data_dir, data=tuple(data or ()), plugins=tuple(plugin or ()),
@@ -81,6 +86,16 @@ def run(
         write_report(grid, max_ca_cost=max_ca_cost)
     if grid.summary.cells_failed:
         raise typer.Exit(1)
+
+
+def quick_suite_note(attacks: Optional[str], defenses: Optional[str]) -> str:
+    """The line ``run`` prints when --attacks or --defenses is left out: what it runs instead (the quick suite's
+    choice), and how to run everything."""
+    missing = [f"--{name} {value}" for name, given, value in [("attacks", attacks, QUICK_ATTACKS),
+                                                              ("defenses", defenses, QUICK_DEFENSES)] if given is None]
+    what = "the quick suite" if len(missing) == 2 else "the quick suite's choice"
+    return (f"running {what}: {' '.join(missing)}; every attack against every defense is --attacks all --defenses "
+            "all (hours on a few CPU cores: `cleanbench validate --attacks all --defenses all` estimates it)")
 
 
 @app.command("leaderboard")

@@ -50,6 +50,11 @@ def verify_command(
     for check in result.checks:
         typer.echo(check.line())
     verdict = "verified" if result.verified else "NOT verified"
-    typer.echo(f"{bundle}: {verdict} ({sum(c.verified for c in result.checks)} of {len(result.checks)} cells match)")
+    if not result.rerun:
+        typer.echo(f"{bundle}: NOT verified ({len(result.checks)} rows claim what the bundled preset and sources do "
+                   "not plan; nothing was rerun)")
+    else:
+        typer.echo(f"{bundle}: {verdict} ({sum(c.verified for c in result.checks)} of {len(result.checks)} cells "
+                   "match)")
     if not result.verified:
         raise typer.Exit(1)

@@ -15,6 +15,15 @@ AttacksOption = typer.Option("all", help=f"Comma-separated attacks: {SELECTION_H
                                          "control only.")
 DefensesOption = typer.Option("all", help=f"Comma-separated defenses: {SELECTION_HELP}.")
 SeedsOption = typer.Option("0", help="Comma-separated seeds, e.g. 0,1,2.")
+# The quick suite: what `cleanbench run` (and so `make run`) runs without --attacks/--defenses; the paper's BadNet
+# against no defense, finetuning and CleanCLIP, one seed (the seeds default is already "0").
+QUICK_ATTACKS = "badnet"
+QUICK_DEFENSES = "none,finetune,cleanclip"
+RunAttacksOption = typer.Option(None, "--attacks", help=f"Comma-separated attacks: {SELECTION_HELP}; 'none' for "
+                                f"the benign control only; 'all' for every one (default: {QUICK_ATTACKS}, the quick "
+                                "suite).")
+RunDefensesOption = typer.Option(None, "--defenses", help=f"Comma-separated defenses: {SELECTION_HELP}; 'all' for "
+                                 f"every one (default: {QUICK_DEFENSES}, the quick suite).")
 PresetOption = typer.Option("fmnist-tiny", help="A built-in preset name or a path to a preset .toml file.")
 DataDirOption = typer.Option(None, help="Directory with the dataset's files (e.g. Fashion-MNIST IDX).")
 PoisonRateOption = typer.Option(None, help="Override every attack's poison rate, in (0, 1].")

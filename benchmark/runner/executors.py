@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,7 +106,7 @@ class LocalPool:
             return InProcess().run(plan, groups, out_dir, device, reporter)
         devices = _worker_devices(device, self.workers)
         context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
+        queue, lines = context.Queue(), context.Queue()
         for name in devices:
             queue.put(name)
         summary = RunSummary()
@@ -113,8 +114,9 @@ class LocalPool:
         threads = max(1, cpu_cores() // len(devices)) if device.type == "cpu" else 0
         reporter.log(f"executor local: {len(groups)} victims, {sum(len(cells) for _, cells in groups)} cells on "
                      f"{len(devices)} workers ({', '.join(devices)}{f', {threads} thread(s) each' if threads else ''})")
-        with futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
-                                         initargs=(queue, self.setup, threads, os.getpid())) as pool, \
+        with _printing(lines, reporter), \
+                futures.ProcessPoolExecutor(len(devices), mp_context=context, initializer=_init_worker,
+                                            initargs=(queue, lines, self.setup, threads, os.getpid())) as pool, \
                 reporter.task(GRID_BAR, total=grid_jobs(groups)) as advance:
             jobs = {pool.submit(_run_in_worker, plan, spec, cells, str(out_dir), "victim"): ("victim", spec, cells)
                     for spec, cells in groups}
@@ -152,12 +154,55 @@ def _worker_devices(device: torch.device, workers: int) -> list[str]:
 
 
 _worker_device: torch.device | None = None
+_worker_lines: Any = None  # the queue a worker's log lines go to (the coordinator prints them: _printing)
 
 
-def _init_worker(queue, setup: WorkerSetup, threads: int, coordinator: int) -> None:
-    global _worker_device
+class _ForwardingReporter(Reporter):
+    """A worker's reporter: each line goes to the coordinator, which prints it above its bar (a worker printing to
+    the terminal itself would draw over the bar)."""
+
+    def __init__(self, lines: Any) -> None:
+        super().__init__(live=False)
+        self.lines = lines
+
+    def write(self, line: str) -> None:
+        self.lines.put(line)
+
+
+class _printing:
+    """While open, a thread of the coordinator prints the lines its workers send through ``lines`` with
+    ``reporter``; on closing it prints what is left and stops (it never waits on a dead worker)."""
+
+    def __init__(self, lines: Any, reporter: Reporter) -> None:
+        self.lines, self.reporter = lines, reporter
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._print, name="worker-lines", daemon=True)
+
+    def __enter__(self) -> "_printing":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def _print(self) -> None:
+        while True:
+            try:
+                line = self.lines.get(timeout=0.1)
+            except Exception:  # noqa: BLE001 - empty, or a message torn by a killed worker (its lines are lost)
+                if self.stop.is_set():
+                    return
+                continue
+            if not self.reporter.quiet:
+                self.reporter.write(str(line))
+
+
+def _init_worker(queue, lines, setup: WorkerSetup, threads: int, coordinator: int) -> None:
+    global _worker_device, _worker_lines
     _die_with(coordinator)
     _worker_device = torch.device(queue.get())
+    _worker_lines = lines
     if threads:
         torch.set_num_threads(threads)
     if _worker_device.type == "cuda":
@@ -178,7 +223,7 @@ def _die_with(coordinator: int) -> None:
 
 
 def _run_in_worker(plan: Plan, spec: VictimSpec, cells: list[CellSpec], out_dir: str, part: str) -> RunSummary:
-    return run_group(plan, spec, cells, Path(out_dir), _worker_device, Reporter(live=False), part=part)
+    return run_group(plan, spec, cells, Path(out_dir), _worker_device, _ForwardingReporter(_worker_lines), part=part)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ from defenses import DEFENSES
 
 METRIC_FIELDS = ("ca", "ca_low", "ca_high", "ca_top5", "n_clean", "asr", "asr_low", "asr_high", "n_triggered")
 TIMING_FIELDS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
+# The columns :func:`planned_columns` fills: what a row claims about its cell that planning it again can check.
+PLANNED_COLUMNS = ("cell_id", "cache_key", "sweep", "preset", "attack", "defense", "seed", "target", "n_classes",
+                   "poison_count", "attack_version", "attack_config", "defense_version", "defense_config",
+                   "defense_recipe", "stage", "removal_rate", "model", "victim_objective", "victim_init",
+                   "victim_key", "attack_package", "attack_package_version", "attack_source_sha256",
+                   "defense_package", "defense_package_version", "defense_source_sha256")
 
 
 @dataclass
@@ -68,11 +74,26 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
              status: str, reason: str, detection: DetectionMetrics | None = None) -> dict[str, Any]:
     """The ``results.csv`` row of ``cell`` (columns in :mod:`benchmark.results`), run where :func:`ran_on` says; no
     metrics for a failed cell, detection metrics for a data-stage cell only."""
-    preset, victim = plan.preset, cell.victim
     row: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION, "cell_id": cell.row_id, "cache_key": cell.key,
-        "sweep": sweep_json(dict(cell.sweep)), "preset": preset.name, "attack": victim.attack,
-        "defense": cell.defense, "seed": victim.seed, "status": status, "reason": reason,
+        "schema_version": SCHEMA_VERSION, **planned_columns(plan, cell), "status": status, "reason": reason,
+        "cleanbench_version": __version__, "git_commit": git_commit(), **where,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    row.update(metrics.as_row() if metrics is not None else dict.fromkeys(METRIC_FIELDS))
+    row.update(detection.as_row() if detection is not None else dict.fromkeys(DETECTION_FIELDS))
+    for key in TIMING_FIELDS:
+        row[key] = timing.get(key)
+    return row
+
+
+def planned_columns(plan: Plan, cell: CellSpec) -> dict[str, Any]:
+    """The columns of ``cell``'s row that its plan alone decides (ids and keys, preset, model, victim and defense
+    settings, versions and source provenance), before anything runs: ``verify`` checks a bundle's rows against
+    them (:data:`PLANNED_COLUMNS`)."""
+    preset, victim = plan.preset, cell.victim
+    return {
+        "cell_id": cell.row_id, "cache_key": cell.key, "sweep": sweep_json(dict(cell.sweep)), "preset": preset.name,
+        "attack": victim.attack, "defense": cell.defense, "seed": victim.seed,
         "target": preset.text.target, "n_classes": len(preset.text.classnames) or None,
         "poison_count": victim.poison_count,
         "attack_version": victim.attack_version, "attack_config": json.dumps(victim.attack_config, sort_keys=True),
@@ -80,16 +101,9 @@ def cell_row(plan: Plan, cell: CellSpec, metrics: Metrics | None, timing: dict[s
         "defense_recipe": json.dumps(cell.recipe, sort_keys=True) if cell.recipe else "",
         "stage": cell.stage, "removal_rate": cell.removal_rate,
         "model": preset.model.name, "victim_objective": preset.victim.label,
-        "victim_init": preset.victim.init, "victim_key": victim.key, "cleanbench_version": __version__,
-        "git_commit": git_commit(), **where,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "victim_init": preset.victim.init, "victim_key": victim.key,
         **origin_columns(victim.attack, cell.defense),
     }
-    row.update(metrics.as_row() if metrics is not None else dict.fromkeys(METRIC_FIELDS))
-    row.update(detection.as_row() if detection is not None else dict.fromkeys(DETECTION_FIELDS))
-    for key in TIMING_FIELDS:
-        row[key] = timing.get(key)
-    return row
 
 
 def origin_columns(attack: str, defense: str) -> dict[str, str]:
