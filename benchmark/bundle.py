@@ -14,7 +14,7 @@
     environment/pip-freeze.txt, environment/hardware.json
 
 so an extracted bundle is laid out as a run's output folder and reads as one. Its rows must be cells its preset
-plans as they are (:func:`unplanned_rows`, checked by ``submit`` before writing and by ``verify`` before rerunning).
+plans as they are (:func:`plan_rows`, :func:`unplanned_rows`, checked by ``submit`` before writing and by ``verify`` before rerunning).
 
 A bundle comes from someone else and is untrusted: :func:`extract_bundle` refuses, before anything is
 written outside a fresh folder or run, any path that could escape it (absolute, ``..``, links, odd characters),
@@ -34,12 +34,16 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import UserError
 from benchmark.provenance import source_hash
 from benchmark.results import BENIGN_ATTACK, RESULTS_FILE, ResultsFile
 from benchmark.storage import atomic_path, sha256_file
+
+if TYPE_CHECKING:
+    from benchmark.presets import Preset
+    from benchmark.runner.plan import Plan
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -258,17 +262,19 @@ def check_sources(folder: Path, meta: dict[str, Any]) -> None:
                                   "refused")
 
 
-def unplanned_rows(rows: list[dict[str, str]], defense: str, preset_path: Path,
-                   data_dir: str | None) -> list[dict[str, str]]:
-    """The rows whose cell id planning ``preset_path`` for their attacks, ``defense`` and seeds does not give (a
-    bundle must have none: its cells could not be rerun as they are)."""
-    from benchmark.api import load_with_data_dir
+def plan_rows(rows: list[dict[str, str]], defense: str, preset: Preset) -> Plan:
+    """The plan of ``preset`` for the rows' attacks, ``defense`` and seeds: what a bundle's rows are checked
+    against (``submit`` before writing, ``verify`` before rerunning)."""
     from benchmark.runner import plan_grid
 
-    preset = load_with_data_dir(str(preset_path), data_dir or None)
     attacks = sorted({row["attack"] for row in rows} - {BENIGN_ATTACK})
-    seeds = sorted({int(row["seed"]) for row in rows})
-    planned = {cell.key for cell in plan_grid(preset, attacks, [defense], seeds).cells}
+    return plan_grid(preset, attacks, [defense], sorted({int(row["seed"]) for row in rows}))
+
+
+def unplanned_rows(rows: list[dict[str, str]], plan: Plan) -> list[dict[str, str]]:
+    """The rows whose cell id ``plan`` does not give (a bundle must have none: its cells could not be rerun as
+    they are)."""
+    planned = {cell.row_id for cell in plan.cells}
     return [row for row in rows if row["cell_id"] not in planned]
 
 

@@ -186,7 +186,7 @@ class ResultsFile:
         missing = set(COLUMNS) - set(row)
         if missing:
             raise ValueError(f"results row lacks columns: {sorted(missing)}")
-        self.rows[row["cell_id"]] = {key: _format(row[key]) for key in COLUMNS}
+        self.rows[row["cell_id"]] = {key: format_value(row[key]) for key in COLUMNS}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -203,7 +203,8 @@ def _upgraded(row: dict[str, str]) -> dict[str, str]:
     return {**added, **row, "schema_version": str(SCHEMA_VERSION)}
 
 
-def _format(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A row's value as ``results.csv`` holds it (None and NaN empty, floats exact)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):

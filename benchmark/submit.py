@@ -22,7 +22,7 @@ from typing import Any
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import FORMAT_VERSION, META, PRESET, SOURCE_DIR, unplanned_rows, write_bundle
+from benchmark.bundle import FORMAT_VERSION, META, PRESET, SOURCE_DIR, plan_rows, unplanned_rows, write_bundle
 from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.errors import UserError
 from benchmark.presets import builtin_presets
@@ -84,10 +84,13 @@ def _preset_path(name_or_path: str) -> Path:
 
 def _check_plan(rows: list[dict[str, str]], defense: str, preset_path: Path, data_dir: str | None) -> None:
     """Refuse a bundle whose preset would not rerun its rows."""
-    for row in unplanned_rows(rows, defense, preset_path, data_dir)[:1]:
+    from benchmark.api import load_with_data_dir
+
+    plan = plan_rows(rows, defense, load_with_data_dir(str(preset_path), data_dir or None))
+    for row in unplanned_rows(rows, plan)[:1]:
         raise UserError(f"preset {preset_path} does not plan the cell {row['cell_id']} ({row['attack']} × "
-                            f"{row['defense']} seed {row['seed']}): the run used other settings (--poison-rate, "
-                            "--data, another --data-dir or preset); give --preset a file with the run's settings")
+                        f"{row['defense']} seed {row['seed']}): the run used other settings (--poison-rate, "
+                        "--data, another --data-dir or preset); give --preset a file with the run's settings")
 
 
 def _components(rows: list[dict[str, str]], defense: str) -> dict[tuple[str, str], Origin]:

@@ -41,15 +41,14 @@ import numpy as np
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, record_path
+from benchmark.bundle import PRESET, Bundle, BundleError, open_bundle, plan_rows, record_path, unplanned_rows
 from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.errors import UserError
 from benchmark.plugins import register_plugins
 from benchmark.predictions import PredictionsError, load_predictions
 from benchmark.progress import Reporter
 from benchmark.provenance import git_commit, origin_of
-from benchmark.results import BENIGN_ATTACK, COLUMNS, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile
-from benchmark.results import _format as format_value
+from benchmark.results import BENIGN_ATTACK, COLUMNS, METRIC_COLUMNS, REFERENCE_DEFENSE, ResultsFile, format_value
 from benchmark.runner.record import PLANNED_COLUMNS, planned_columns
 from benchmark.storage import write_text_atomic
 from defenses import DEFENSES
@@ -253,17 +252,14 @@ def check_claims(bundle: Bundle, rows: list[dict[str, str]], defense: str) -> li
     preset the planned one."""
     from benchmark.api import load_with_data_dir
     from benchmark.presets import builtin_presets
-    from benchmark.runner import plan_grid
 
     data_dir = bundle.meta.get("data_dir") or None
     preset = load_with_data_dir(str(bundle.folder / PRESET), data_dir)
-    attacks = sorted({row["attack"] for row in rows} - {BENIGN_ATTACK})
-    plan = plan_grid(preset, attacks, [defense], sorted({int(row["seed"]) for row in rows}))
+    plan = plan_rows(rows, defense, preset)
+    for row in unplanned_rows(rows, plan)[:1]:
+        raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × "
+                        f"{row['defense']} seed {row['seed']}) here: another version of an attack or defense")
     planned = {cell.row_id: cell for cell in plan.cells}
-    for row in rows:
-        if row["cell_id"] not in planned:
-            raise UserError(f"the bundled preset does not plan cell {row['cell_id']} ({row['attack']} × "
-                            f"{row['defense']} seed {row['seed']}) here: another version of an attack or defense")
     own = ""
     if preset.name in builtin_presets():
         here = load_with_data_dir(preset.name, data_dir)
