@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,10 @@ def test_list_shows_builtins_with_versions_and_sources(cli):
     assert code == 0 and "finetune" in out and "none" in out
     code, out, _ = cli("list", "presets")
     assert code == 0 and "fmnist-tiny" in out
+    code, out, _ = cli("list", "defenses", "roclip")  # with its stage
+    assert code == 0 and re.search(r"│ roclip +│ 1 +│ training +│ built-in", out)
+    code, out, _ = cli("list", "stages")  # the table of stages: each one's contract and hand-off
+    assert code == 0 and re.search(r"│ data +│ Detector\.score\(\) +│ training pairs +│ victim +│ scores", out)
     code, _, err = cli("list", "models")
     assert code == 2 and "cannot list 'models'" in err
 

@@ -127,13 +127,14 @@ def leaderboard_command(
 @app.command("list")
 @user_errors
 def list_components(
-    kind: str = typer.Argument(..., help="attacks, defenses or presets"),
+    kind: str = typer.Argument(..., help="attacks, defenses, presets or stages"),
     names: Optional[str] = typer.Argument(None, help="Only these, comma-separated: names, wildcards and exclusions, "
                                                      "e.g. 'detect-*' or 'all,-badclip'."),
     plugin: Optional[List[str]] = PluginOption,
     no_plugin_autoload: bool = NoAutoloadOption,
 ) -> None:
-    """List the registered attacks, defenses or presets, with versions and where each comes from."""
+    """List the registered attacks, defenses or presets, with versions and where each comes from, or the defense
+    stages and what each hands over."""
     from rich.console import Console
     from rich.markup import escape  # plugin docstrings and errors are text, not rich markup
     from rich.table import Table
@@ -150,23 +151,35 @@ def list_components(
         presets = builtin_presets()
         for name in select(names, list(presets), "preset") if names else presets:
             table.add_row(name, load_preset(name).description, str(presets[name]))
+    elif kind == "stages":
+        from benchmark.stages import STAGES
+
+        for column in ("name", "contract", "receives", "starts from", "returns", "recipe", "summary"):
+            table.add_column(column)
+        for name in select(names, list(STAGES), "stage") if names else STAGES:
+            stage = STAGES[name]
+            table.add_row(name, f"{stage.contract.partition(':')[2]}.{stage.method}()", f"{stage.receives} pairs",
+                          stage.starts_from, stage.returns, stage.recipe, stage.summary)
     elif kind in ("attacks", "defenses"):
         from attacks import ATTACKS
         from benchmark.provenance import origin_of
         from defenses import DEFENSES
 
         registry = ATTACKS if kind == "attacks" else DEFENSES
-        for column in ("name", "version", "source", "summary"):
+        stages = registry is DEFENSES  # a defense's stage (``list stages`` says what each hands over)
+        for column in ("name", "version", *(("stage",) if stages else ()), "source", "summary"):
             table.add_column(column)
         for name in select(names, registry.names(), registry.kind) if names else registry.names():
             try:
                 cls = registry.get(name)
                 summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-                table.add_row(*map(escape, (name, str(cls.version), origin_of(cls).label(), summary)))
+                stage = (cls.stage,) if stages else ()
+                table.add_row(*map(escape, (name, str(cls.version), *stage, origin_of(cls).label(), summary)))
             except Exception as error:  # noqa: BLE001 - a broken plugin is listed, not fatal
-                table.add_row(*map(escape, (name, "?", registry.source(name), f"failed to load: {error}")))
+                failed = ("?",) * (1 + stages)
+                table.add_row(*map(escape, (name, *failed, registry.source(name), f"failed to load: {error}")))
     else:
-        raise UserError(f"cannot list {kind!r}; choose one of: attacks, defenses, presets")
+        raise UserError(f"cannot list {kind!r}; choose one of: attacks, defenses, presets, stages")
     Console(width=140).print(table)
 
 
