@@ -15,10 +15,13 @@ so this module stays torch-free: the leaderboard reads stage names from it witho
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from benchmark.registry import import_object
 from benchmark.results import DETECTION_COLUMNS
+
+if TYPE_CHECKING:
+    from benchmark.runner.stages import StageRuns
 
 
 @dataclass(frozen=True)
@@ -40,8 +43,8 @@ class Stage:
         """The contract class (importing it)."""
         return import_object(self.contract)
 
-    def runner(self):  # -> benchmark.runner.stages.StageRuns (not imported here: torch)
-        """How a cell of this stage runs (importing it)."""
+    def runner(self) -> StageRuns:
+        """How a cell of this stage runs (importing it: the runner needs torch, this table does not)."""
         return import_object(self.runs)(self)
 
 
