@@ -94,6 +94,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
+from benchmark.names import csv_safe
 from benchmark.storage import write_text_atomic
 
 RESULTS_FILE = "results.csv"  # in a run's output folder
@@ -186,7 +187,9 @@ class ResultsFile:
         missing = set(COLUMNS) - set(row)
         if missing:
             raise ValueError(f"results row lacks columns: {sorted(missing)}")
-        self.rows[row["cell_id"]] = {key: format_value(row[key]) for key in COLUMNS}
+        # A text cell a spreadsheet would read as a formula (a failed cell's reason is free text) is neutralised;
+        # names cannot start so (benchmark.names), numbers are left as they are.
+        self.rows[row["cell_id"]] = {key: csv_safe(format_value(row[key])) for key in COLUMNS}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
