@@ -25,8 +25,9 @@ declared), a manifest with a field missing, unknown or mistyped, a file the mani
 lists but is missing, and any hash mismatch; then ``bundle.json`` must have every field, typed (names are names:
 :mod:`benchmark.names`), the rows must pass the results schema as the leaderboard checks any results file
 (:func:`check_rows`), and a source whose hash differs from the one its rows record is refused too. Each refusal is
-one :class:`BundleError` line (exit 2 through the CLI), and the folder of a refused bundle is removed. Predictions are read with ``allow_pickle=False``
-(:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that is what a rerun is.
+one :class:`BundleError` line (exit 2 through the CLI), and the folder of a refused bundle is removed. Predictions
+are read with ``allow_pickle=False`` (:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that
+is what a rerun is.
 """
 
 from __future__ import annotations
