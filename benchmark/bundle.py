@@ -37,6 +37,7 @@ import json
 import re
 import shutil
 import stat
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -153,8 +154,11 @@ def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             return _extract_checked(path, archive, folder)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a damaged archive (CRC, truncated, bad data)
-        raise BundleError(f"{path}: damaged bundle ({error}): refused") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, UnicodeDecodeError, NotImplementedError,
+            struct.error, OSError) as error:  # a damaged archive (CRC, truncated, bad data, garbled headers or
+        # names, offsets before the file's start)
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise BundleError(f"{path}: damaged bundle ({reason}): refused") from None
 
 
 def _extract_checked(path: Path, archive: zipfile.ZipFile, folder: Path) -> dict[str, Any]:
@@ -189,6 +193,8 @@ def _checked_members(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.
             raise BundleError(f"{path}: {info.filename} is not a plain file (a link or a folder entry): refused")
         if info.flag_bits & 0x1:
             raise BundleError(f"{path}: {info.filename} is encrypted: refused")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # what write_bundle writes
+            raise BundleError(f"{path}: {info.filename} uses a compression other than deflate: refused")
         if info.filename in members:
             raise BundleError(f"{path}: {info.filename} appears twice: refused")
         members[info.filename] = info

@@ -551,9 +551,20 @@ def _link() -> zipfile.ZipInfo:
     return info
 
 
-def _flip_middle(data: bytes) -> bytes:
-    middle = len(data) // 3
-    return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + 64]) + data[middle + 64:]
+def _flip(at: float, length: int = 64):
+    """Invert ``length`` bytes from ``at`` (a share of the file's length, or a byte offset when 1 or more)."""
+    def flip(data: bytes) -> bytes:
+        start = int(at if at >= 1 else len(data) * at)
+        return data[:start] + bytes(b ^ 0xFF for b in data[start:start + length]) + data[start + length:]
+    return flip
+
+
+def _lzma(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        files = [(name, archive.read(name)) for name in archive.namelist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as archive:
+        for name, data in files:
+            archive.writestr(name, data)
 
 
 HOSTILE = {  # kind: (how to make it from the real bundle, what the one line must say)
@@ -561,7 +572,9 @@ HOSTILE = {  # kind: (how to make it from the real bundle, what the one line mus
     "empty-zip": (lambda path: _write_zip(path, []), r"no manifest\.json; not a cleanbench bundle"),
     "truncated": (_raw(lambda data: data[:len(data) // 2]), r"not a zip file|damaged bundle"),
     "truncated-end": (_raw(lambda data: data[:-5]), r"not a zip file|damaged bundle"),
-    "corrupted": (_raw(_flip_middle), r"damaged bundle|does not match its hash|not a zip file"),
+    **{f"corrupted-{where}": (_raw(_flip(where)), r"damaged bundle|does not match its hash|not a zip file|unsafe path")
+       for where in (6, 26, 30, 0.2, 1 / 3, 0.5, 0.8)},  # a header's flags, its name's length, its name, data
+    "lzma-members": (_lzma, r"uses a compression other than deflate: refused"),
     "csv-not-zip": (_raw(lambda data: b"schema_version,cell_id\n6,x\n"), r"not a zip file"),
     "file-and-folder": (_forged(lambda files: files.update({"preset.toml/x": b"x"})),
                         r"preset\.toml is both a file and the folder of preset\.toml/x: refused"),
