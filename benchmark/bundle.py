@@ -16,12 +16,18 @@
 so an extracted bundle is laid out as a run's output folder and reads as one. Its rows must be cells its preset
 plans as they are (:func:`plan_rows`, :func:`unplanned_rows`, checked by ``submit`` before writing and by ``verify`` before rerunning).
 
-A bundle comes from someone else and is untrusted: :func:`extract_bundle` refuses, before anything is
-written outside a fresh folder or run, any path that could escape it (absolute, ``..``, links, odd characters),
-more than :data:`MAX_FILES` files or :data:`MAX_TOTAL_BYTES` bytes (counted while reading, not only as
-declared), a file the manifest does not list, lists twice or lists but is missing, and any hash mismatch; a source whose
-hash differs from the one its rows record is refused too. Predictions are read with ``allow_pickle=False``
-(:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that is what a rerun is.
+A bundle comes from someone else and is untrusted. :func:`open_bundle` is the one intake ``verify``,
+``leaderboard`` and ``submit``'s own check share: :func:`extract_bundle` refuses, before anything is written outside
+a fresh folder or run, a file that is not a readable zip, any path that could escape it (absolute, ``..``, links,
+odd characters), duplicate or conflicting entries (a file and a folder of the same name, names differing only in
+case), more than :data:`MAX_FILES` files or :data:`MAX_TOTAL_BYTES` bytes (counted while reading, not only as
+declared), a manifest with a field missing, unknown or mistyped, a file the manifest does not list, lists twice or
+lists but is missing, and any hash mismatch; then ``bundle.json`` must have every field, typed (names are names:
+:mod:`benchmark.names`), the rows must pass the results schema as the leaderboard checks any results file
+(:func:`check_rows`), and a source whose hash differs from the one its rows record is refused too. Each refusal is
+one :class:`BundleError` line (exit 2 through the CLI), and the folder of a refused bundle is removed. Predictions
+are read with ``allow_pickle=False`` (:mod:`benchmark.predictions`). Verifying still runs the plugin's code: that
+is what a rerun is.
 """
 
 from __future__ import annotations
@@ -29,7 +35,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import stat
+import struct
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -37,6 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmark.errors import UserError
+from benchmark.names import NAME_RULE, is_name
 from benchmark.provenance import source_hash
 from benchmark.results import BENIGN_ATTACK, RESULTS_FILE, ResultsFile
 from benchmark.storage import atomic_path, sha256_file
@@ -55,6 +65,7 @@ MAX_TOTAL_BYTES = 256 << 20  # predictions of a 1M-image test set take ~4 MB a c
 MAX_MANIFEST_BYTES = 4 << 20
 RECORD_SUFFIX = ".verification.json"  # `verify` writes its record beside the bundle: BUNDLE.zip.verification.json
 _SAFE_PART = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same content gives the same bundle bytes
 
 
@@ -105,13 +116,31 @@ def write_bundle(path: Path, files: dict[str, bytes]) -> str:
 
 
 def open_bundle(path: Path, folder: Path) -> Bundle:
-    """Check ``path`` and extract it into the new folder ``folder``; then check its sources against the hashes its
-    ``bundle.json`` and rows record. Raises :class:`BundleError` on the first problem."""
-    path = Path(path)
-    extract_bundle(path, folder)
-    meta = _read_meta(folder)
-    check_sources(folder, meta)
-    return Bundle(path, Path(folder), meta, sha256_file(path))
+    """The one intake for an untrusted bundle, shared by ``verify``, ``leaderboard`` and ``submit``'s own check:
+    the archive's structure (a readable zip, no duplicate or conflicting entries, safe paths, limits), its manifest's
+    schema and every file's hash, extracted into the new folder ``folder`` (:func:`extract_bundle`); then
+    ``bundle.json``'s schema, the rows through the results schema (:func:`check_rows`) and the sources against the
+    hashes ``bundle.json`` and the rows record. Raises :class:`BundleError` (one line naming the file and field) on
+    the first problem, and then removes ``folder``: nothing of a refused bundle is left."""
+    path, folder = Path(path), Path(folder)
+    existed = folder.exists()
+    try:
+        extract_bundle(path, folder)
+        meta = _read_meta(path, folder)
+        check_rows(path, folder)
+        check_sources(folder, meta)
+    except UserError:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return Bundle(path, folder, meta, sha256_file(path))
+
+
+def check_bundle(path: Path) -> Bundle:
+    """Open ``path`` through :func:`open_bundle` in a scratch folder removed afterwards (``submit``'s own check of
+    what it wrote); returns the checked bundle (its folder no longer exists)."""
+    with tempfile.TemporaryDirectory(prefix="cleanbench-bundle-") as scratch:
+        return open_bundle(path, Path(scratch) / "bundle")
 
 
 def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
@@ -125,8 +154,11 @@ def extract_bundle(path: Path, folder: Path) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as archive:
             return _extract_checked(path, archive, folder)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a damaged archive (CRC, truncated, bad data)
-        raise BundleError(f"{path}: damaged bundle ({error}): refused") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, UnicodeDecodeError, NotImplementedError,
+            struct.error, OSError) as error:  # a damaged archive (CRC, truncated, bad data, garbled headers or
+        # names, offsets before the file's start)
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise BundleError(f"{path}: damaged bundle ({reason}): refused") from None
 
 
 def _extract_checked(path: Path, archive: zipfile.ZipFile, folder: Path) -> dict[str, Any]:
@@ -161,9 +193,21 @@ def _checked_members(path: Path, archive: zipfile.ZipFile) -> dict[str, zipfile.
             raise BundleError(f"{path}: {info.filename} is not a plain file (a link or a folder entry): refused")
         if info.flag_bits & 0x1:
             raise BundleError(f"{path}: {info.filename} is encrypted: refused")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):  # what write_bundle writes
+            raise BundleError(f"{path}: {info.filename} uses a compression other than deflate: refused")
         if info.filename in members:
             raise BundleError(f"{path}: {info.filename} appears twice: refused")
         members[info.filename] = info
+    folded: dict[str, str] = {}
+    for name in members:
+        other = folded.setdefault(name.casefold(), name)
+        if other != name:  # one file on a case-insensitive file system: the second would overwrite the first
+            raise BundleError(f"{path}: {other} and {name} differ only in case: refused")
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent in members:
+                raise BundleError(f"{path}: {parent} is both a file and the folder of {name}: refused")
     return members
 
 
@@ -177,14 +221,57 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, members: dict[str, zipf
         raise BundleError(f"{path}: {MANIFEST} lists {duplicate.args[0]} more than once: refused") from None
     except ValueError:
         manifest = None
-    files = manifest.get("files") if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else None
-    if not isinstance(files, dict) or not all(
-            isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
-            for entry in files.values()):
-        raise BundleError(f"{path}: {MANIFEST} is not a bundle manifest of format {FORMAT_VERSION}")
-    for name in files:
-        check_member_name(name)
+    _check_manifest(path, manifest)
     return manifest
+
+
+def _check_manifest(path: Path, manifest: Any) -> None:
+    """Every field of the manifest present and typed: ``format`` 1 and ``files``, each entry exactly ``bytes`` (a
+    non-negative integer) and ``sha256`` (64 lowercase hex digits), each name a safe member path."""
+    where = f"{path}: {MANIFEST}"
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{where} is not a JSON object; not a bundle manifest of format {FORMAT_VERSION}")
+    _check_fields(where, manifest, {"format": "format", "files": "files"})
+    if manifest["format"] != FORMAT_VERSION or isinstance(manifest["format"], bool):
+        raise BundleError(f"{where}, field 'format': expected {FORMAT_VERSION}, got {_short(manifest['format'])}")
+    if not isinstance(manifest["files"], dict):
+        raise BundleError(f"{where}, field 'files': expected an object of file entries, got "
+                          f"{type(manifest['files']).__name__}")
+    for name, entry in manifest["files"].items():
+        check_member_name(name)
+        field = f"{where}, files[{name!r}]"
+        if not isinstance(entry, dict):
+            raise BundleError(f"{field}: expected an object with 'bytes' and 'sha256', got {type(entry).__name__}")
+        _check_fields(field, entry, {"bytes": "bytes", "sha256": "sha256"})
+        if not _is_count(entry["bytes"]):
+            raise BundleError(f"{field}, field 'bytes': expected a non-negative integer, got {_short(entry['bytes'])}")
+        if not _is_sha256(entry["sha256"]):
+            raise BundleError(f"{field}, field 'sha256': expected 64 lowercase hex digits, got "
+                              f"{_short(entry['sha256'])}")
+
+
+def _check_fields(where: str, record: dict[str, Any], fields: dict[str, str]) -> None:
+    """Refuse a JSON object that lacks one of ``fields`` or has a field not among them."""
+    for field in fields:
+        if field not in record:
+            raise BundleError(f"{where}: field {field!r} is missing: refused")
+    for field in record:
+        if field not in fields:
+            raise BundleError(f"{where}: unknown field {_short(field)}: refused")
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and _SHA256.fullmatch(value) is not None
+
+
+def _short(value: Any) -> str:
+    """A value as a one-line message shows it: repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class _DuplicateKey(Exception):
@@ -223,16 +310,85 @@ def _read_limited(archive: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, p
     return data
 
 
-def _read_meta(folder: Path) -> dict[str, Any]:
+_META_FIELDS = {"format": "format", "defense": "name", "preset": "name", "attacks": "names", "seeds": "seeds",
+                "data_dir": "text", "cleanbench_version": "text", "git_commit": "text", "created_at": "text",
+                "components": "components"}
+_COMPONENT_FIELDS = {"kind": "kind", "name": "name", "origin": "origin", "package": "text", "version": "text",
+                     "module": "text", "class": "text", "files": "files", "sha256": "sha256"}
+ORIGINS = ("built-in", "file", "package", "module")  # benchmark.provenance.Origin.kind
+
+
+def _read_meta(path: Path, folder: Path) -> dict[str, Any]:
+    """``bundle.json``, every field present and typed (:data:`_META_FIELDS`, :data:`_COMPONENT_FIELDS`); names are
+    names (:mod:`benchmark.names`)."""
+    where = f"{path}: {META}"
+    for name in (META, RESULTS_FILE, PRESET):
+        if not (folder / name).is_file():
+            raise BundleError(f"{path}: no {name}; not a cleanbench bundle")
     try:
-        meta = json.loads((folder / META).read_text())
-    except (OSError, ValueError):
-        meta = None
-    if not (isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION and isinstance(meta.get("defense"), str)
-            and isinstance(meta.get("components"), list) and all(isinstance(c, dict) for c in meta["components"])
-            and (folder / RESULTS_FILE).is_file() and (folder / PRESET).is_file()):
-        raise BundleError(f"the bundle's {META}, {RESULTS_FILE} or {PRESET} is missing or malformed")
+        meta = json.loads((folder / META).read_bytes().decode(), object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as duplicate:
+        raise BundleError(f"{where} names field {_short(duplicate.args[0])} more than once: refused") from None
+    except ValueError:  # UnicodeDecodeError included
+        raise BundleError(f"{where} is not UTF-8 JSON: refused") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{where} is not a JSON object: refused")
+    _check_typed(where, meta, _META_FIELDS)
+    for index, component in enumerate(meta["components"]):
+        field = f"{where}, components[{index}]"
+        if not isinstance(component, dict):
+            raise BundleError(f"{field}: expected an object, got {type(component).__name__}")
+        _check_typed(field, component, _COMPONENT_FIELDS)
     return meta
+
+
+def _check_typed(where: str, record: dict[str, Any], fields: dict[str, str]) -> None:
+    _check_fields(where, record, fields)
+    for field, kind in fields.items():
+        value = record[field]
+        problem = _type_problem(kind, value)
+        if problem:
+            raise BundleError(f"{where}, field {field!r}: expected {problem}, got {_short(value)}")
+
+
+def _type_problem(kind: str, value: Any) -> str:
+    """What ``value`` should have been when it is not of ``kind``, else an empty string."""
+    if kind == "format":
+        return "" if value == FORMAT_VERSION and not isinstance(value, bool) else str(FORMAT_VERSION)
+    if kind == "name":
+        return "" if is_name(value) else f"a name ({NAME_RULE})"
+    if kind == "names":
+        return "" if isinstance(value, list) and all(map(is_name, value)) else f"a list of names ({NAME_RULE})"
+    if kind == "seeds":
+        return "" if isinstance(value, list) and all(map(_is_count, value)) else "a list of non-negative integers"
+    if kind == "text":
+        return "" if isinstance(value, str) and len(value) <= 1000 else "a string"
+    if kind == "components":
+        return "" if isinstance(value, list) and value else "a non-empty list of components"
+    if kind == "kind":
+        return "" if value in ("attack", "defense") else "'attack' or 'defense'"
+    if kind == "origin":
+        return "" if value in ORIGINS else f"one of {', '.join(ORIGINS)}"
+    if kind == "files":
+        ok = isinstance(value, list) and value and all(isinstance(file, str) for file in value)
+        if ok:
+            for file in value:
+                check_member_name(file)
+        return "" if ok else "a non-empty list of file paths"
+    if kind == "sha256":
+        return "" if _is_sha256(value) else "64 lowercase hex digits"
+    raise AssertionError(kind)
+
+
+def check_rows(path: Path, folder: Path) -> None:
+    """The bundle's ``results.csv`` through the results schema, as the leaderboard reads any results file
+    (:func:`leaderboard.load.check_results_file`: UTF-8, every column, typed values, names that are names)."""
+    from leaderboard.load import check_results_file
+
+    try:
+        check_results_file(folder / RESULTS_FILE, label=f"{path}:{RESULTS_FILE}")
+    except UserError as error:
+        raise BundleError(str(error)) from None
 
 
 def check_sources(folder: Path, meta: dict[str, Any]) -> None:
@@ -240,11 +396,7 @@ def check_sources(folder: Path, meta: dict[str, Any]) -> None:
     attack and defense: a source changed after the run (even with the manifest redone) is refused here."""
     recorded = {}
     for component in meta["components"]:
-        kind, name, files = component.get("kind"), component.get("name"), component.get("files")
-        if kind not in ("attack", "defense") or not isinstance(name, str) or not isinstance(files, list) or not files:
-            raise BundleError(f"the bundle's {META} lists a malformed component: {str(component)[:200]}")
-        for file in (name, *files):
-            check_member_name(file)
+        kind, name, files = component["kind"], component["name"], component["files"]  # typed by _read_meta
         root = folder / SOURCE_DIR / kind / name
         if not all((root / file).is_file() for file in files):
             raise BundleError(f"the bundle lacks source files of {kind} '{name}'")

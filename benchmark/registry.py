@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from typing import Callable, Generic, Iterator, Sequence, TypeVar
 
 from benchmark.errors import UserError, did_you_mean
+from benchmark.names import check_name
 
 T = TypeVar("T")
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
-_WILDCARD = re.compile(r"[*?\[]")  # no registered name has these (_NAME), so an item with one is a pattern
+_WILDCARD = re.compile(r"[*?\[]")  # no registered name has these (NAME_PATTERN), so an item with one is a pattern
 
 
 @dataclass
@@ -213,15 +213,6 @@ def _matches(item: str, available: Sequence[str], kind: str, *, excluding: bool 
 def unknown_message(kind: str, name: str, names: Sequence[str]) -> str:
     """"Unknown attack 'x'." with a did-you-mean and the list of ``names``."""
     return f"Unknown {kind} '{name}'.{did_you_mean(name, names)} Available: {', '.join(names) or '(none)'}."
-
-
-def check_name(kind: str, name: object, source: str) -> None:
-    """Refuse a name that is not a plain word. Names end up in results files, HTML, log lines and the commands
-    users copy; one with path syntax (``../evil``, ``/tmp/x``) is stopped here, so no code that ever builds a
-    path from a name can be led outside the output folder."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
-        raise UserError(f"{kind} name {name!r} from {source} is not allowed: use letters, digits and - _ . + "
-                        "(at most 64, no '..')")
 
 
 def describe_origin(cls: type) -> str:

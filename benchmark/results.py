@@ -94,6 +94,7 @@ from typing import Any
 
 from benchmark.errors import UserError
 from benchmark.faults import failpoint
+from benchmark.names import csv_safe
 from benchmark.storage import write_text_atomic
 
 RESULTS_FILE = "results.csv"  # in a run's output folder
@@ -186,7 +187,11 @@ class ResultsFile:
         missing = set(COLUMNS) - set(row)
         if missing:
             raise ValueError(f"results row lacks columns: {sorted(missing)}")
-        self.rows[row["cell_id"]] = {key: format_value(row[key]) for key in COLUMNS}
+        # A failed cell's reason is free text (an exception's message): neutralised if a spreadsheet would read it
+        # as a formula. Every other column is data read back as written (``-`` is the benign control's
+        # attack_version); names cannot start with a formula character (benchmark.names).
+        values = {key: format_value(row[key]) for key in COLUMNS}
+        self.rows[row["cell_id"]] = {**values, "reason": csv_safe(values["reason"])}
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()

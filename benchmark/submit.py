@@ -22,7 +22,8 @@ from typing import Any
 
 from attacks import ATTACKS
 from benchmark import __version__
-from benchmark.bundle import FORMAT_VERSION, META, PRESET, SOURCE_DIR, plan_rows, unplanned_rows, write_bundle
+from benchmark.bundle import (FORMAT_VERSION, META, PRESET, SOURCE_DIR, check_bundle, plan_rows, unplanned_rows,
+                             write_bundle)
 from benchmark.cache_layout import CacheLayout, cell_folder_key, cell_predictions_member
 from benchmark.errors import UserError
 from benchmark.presets import builtin_presets
@@ -51,7 +52,13 @@ def submit(out: Path, defense: str, bundle: Path, preset: str | None = None, dat
     files["environment/pip-freeze.txt"] = pip_freeze().encode()
     files["environment/hardware.json"] = json.dumps(hardware(rows), indent=1).encode()
     files[META] = json.dumps(_meta(rows, defense, data_dir, components), indent=1).encode()
-    return write_bundle(bundle, files)
+    digest = write_bundle(bundle, files)
+    try:  # what verify and the leaderboard will take in, through the same intake
+        check_bundle(bundle)
+    except UserError:
+        Path(bundle).unlink(missing_ok=True)
+        raise
+    return digest
 
 
 def defense_rows(results: ResultsFile, defense: str, out: Path) -> list[dict[str, str]]:

@@ -284,15 +284,29 @@ def _pareto(ranking: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 
 def write_csv(board: Leaderboard, path: Path) -> None:
     """Write ``leaderboard.csv`` (schema in this module's docstring) atomically."""
-    _write_table(board.cells, path)
+    write_table(board.cells, path)
 
 
 def write_pairwise_csv(board: Leaderboard, path: Path) -> None:
     """Write ``pairwise.csv`` (schema in :mod:`leaderboard.compare`) atomically."""
-    _write_table(board.pairwise, path)
+    write_table(board.pairwise, path)
 
 
-def _write_table(table: pd.DataFrame, path: Path) -> None:
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` as CSV atomically, every text cell neutralised against spreadsheet formulas
+    (:func:`benchmark.names.csv_safe`); numeric columns are written as numbers. A carriage return inside a text
+    cell is written as a newline: the csv module quotes a cell holding a newline but not one holding a lone ``\\r``,
+    which a spreadsheet would read as the start of a new row (and of a new, unneutralised cell)."""
+    from benchmark.names import csv_safe
     from benchmark.storage import write_text_atomic
 
-    write_text_atomic(path, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    def safe_cell(value: object) -> object:
+        value = csv_safe(value)
+        return value.replace("\r\n", "\n").replace("\r", "\n") if isinstance(value, str) else value
+
+    safe = table.copy()
+    for column in safe.columns:
+        if not pd.api.types.is_numeric_dtype(safe[column]):
+            safe[column] = safe[column].map(safe_cell)
+    safe.columns = [csv_safe(str(column)) for column in safe.columns]
+    write_text_atomic(path, safe.to_csv(index=False, float_format="%.6g", lineterminator="\n"))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmark.storage import write_text_atomic
 from leaderboard import DEFAULT_MAX_CA_COST, DEFAULT_THRESHOLD
-from leaderboard.aggregate import Leaderboard, build, write_csv, write_pairwise_csv
+from leaderboard.aggregate import Leaderboard, build, write_csv, write_pairwise_csv, write_table
 from leaderboard.bundles import is_bundle, open_inputs, with_evidence
 from leaderboard.detection import detection_table
 from leaderboard.load import load_cell_predictions, load_results, resolve_results_path
@@ -40,7 +40,7 @@ def write_leaderboard(paths: list[Path], out: Path | None = None, threshold: flo
     write_csv(board, out / "leaderboard.csv")
     write_pairwise_csv(board, out / "pairwise.csv")
     detection = detection_table(results)
-    write_text_atomic(out / "detection.csv", detection.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_table(detection, out / "detection.csv")
     figures = draw_all(board, out)
     index = out / "index.html"
     write_text_atomic(index, render(board, results, figures, out, sources, detection))

@@ -33,7 +33,9 @@ class Input:
 
 
 def is_bundle(path: Path) -> bool:
-    return Path(path).is_file() and zipfile.is_zipfile(path)
+    """A zip file, or a file named ``*.zip`` (a damaged or empty one is then refused as a bundle, not read as CSV)."""
+    path = Path(path)
+    return path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path))
 
 
 def open_inputs(paths: list[Path], scratch: Path) -> list[Input]:

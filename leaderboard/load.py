@@ -17,6 +17,7 @@ import pandas as pd
 
 from benchmark.cache_layout import CacheLayout, is_cache_key
 from benchmark.errors import UserError
+from benchmark.names import NAME_RULE, is_name
 from benchmark.predictions import Predictions, PredictionsError, load_predictions
 from benchmark.results import (BENIGN_ATTACK, COLUMNS, DETECTION_COLUMNS, METRIC_COLUMNS, RESULTS_FILE,
                                SCHEMA_VERSION, UPGRADABLE, sweep_label)
@@ -29,6 +30,7 @@ FRACTION_COLUMNS = ("ca", "ca_low", "ca_high", "ca_top5", "asr", "asr_low", "asr
 SECONDS_COLUMNS = ("time_poison_s", "time_victim_s", "time_defense_s", "time_eval_s")
 RESULT_COLUMNS = ("status", *METRIC_COLUMNS, *DETECTION_COLUMNS)  # what two runs of one cell must agree on
 REQUIRED_TEXT = ("cell_id", "preset", "attack", "defense", "status")
+NAME_COLUMNS = ("preset", "attack", "defense")  # names (benchmark.names): checked in every row read
 REQUIRED_WHEN_OK = ("ca", "ca_low", "ca_high", "n_clean")
 ASR_COLUMNS = ("asr", "asr_low", "asr_high")
 STATUSES = ("ok", "failed")
@@ -63,6 +65,16 @@ def load_results(paths: list[Path]) -> pd.DataFrame:
     return table
 
 
+def check_results_file(path: Path, label: str | None = None) -> pd.DataFrame:
+    """One results file read and checked against the results schema, as :func:`load_results` checks each file it
+    reads (UTF-8 CSV, one schema version, every column, typed values, names that are names); messages name it as
+    ``label`` (e.g. ``bundle.zip:results.csv``) where given. Returns its typed table."""
+    shown = Path(label) if label else Path(path)
+    raw = _upgraded(_read_raw(Path(path), shown))
+    _check_versions([(shown, raw)])
+    return _typed(shown, raw)
+
+
 def setting_names(table: pd.DataFrame) -> pd.Series:
     """The setting each row belongs to: its preset, followed by how the victim differs from a plain CLIP-trained
     victim from scratch, its start and its objective (``fmnist-tiny [clip+ssl victim]``, ``fmnist-tiny-pretrained
@@ -80,10 +92,12 @@ def setting_names(table: pd.DataFrame) -> pd.Series:
     return names.where(points == "", names + " [" + points + "]")
 
 
-def _read_raw(path: Path) -> pd.DataFrame:
-    """The file as strings; only ``schema_version`` is checked here, so the version check comes first."""
+def _read_raw(path: Path, shown: Path | None = None) -> pd.DataFrame:
+    """The file as strings; only ``schema_version`` is checked here, so the version check comes first. Messages
+    name the file as ``shown`` where given."""
+    read, path = path, shown or path
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        raw = pd.read_csv(read, dtype=str, keep_default_na=False, encoding="utf-8", encoding_errors="strict")
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: empty file, not a cleanbench results file") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
@@ -140,6 +154,10 @@ def _check_row(path: Path, index: int, row: dict[str, str]) -> None:
     for column in REQUIRED_TEXT:
         if not row[column].strip():
             raise UserError(f"{_where(path, index, column)}: empty; every row needs it")
+    for column in NAME_COLUMNS:  # the preset's name as run; the leaderboard adds its victim and sweep labels later
+        if not is_name(row[column]):
+            shown = repr(row[column]) if len(repr(row[column])) <= 60 else repr(row[column])[:57] + "..."
+            raise UserError(f"{_where(path, index, column)}: {shown} is not a name: {NAME_RULE}")
     for column in INT_COLUMNS:
         value = row[column]
         if value == "" and column not in ("schema_version", "seed"):

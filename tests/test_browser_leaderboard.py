@@ -8,6 +8,7 @@ Chromium is used); skips with the reason when either is missing.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -19,6 +20,7 @@ from tests.results_rows import EVIL, known_rows, make_row, write_results
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+UNTRUSTED = "untrusted-defense"
 ASR_COLUMN = 5  # preset, attack, defense, seeds, CA, ASR
 
 
@@ -32,8 +34,11 @@ def _chromium() -> str:
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("site")
-    rows = known_rows() + [make_row("badnet", EVIL, 0, 0.70, 0.20, defense_config='{"x": "<img src=x onerror=alert(2)>"}'),
-                           make_row("badnet", EVIL, 1, 0.68, 0.30)]
+    # A name with markup is refused outright (benchmark.names; tests/test_leaderboard.py), so the markup comes in
+    # through free text: the defense's config, shown in the cell's details.
+    config = json.dumps({"x": "<img src=x onerror=alert(2)>", "y": EVIL})
+    rows = known_rows() + [make_row("badnet", UNTRUSTED, 0, 0.70, 0.20, defense_config=config),
+                           make_row("badnet", UNTRUSTED, 1, 0.68, 0.30)]
     rows += [make_row(attack, "wreck", seed, 0.10, None if attack == "none" else 0.0, n_classes=10)
              for attack in ("none", "badnet") for seed in (0, 1)]
     return write_leaderboard([write_results(folder / "results.csv", rows)], quiet=True).as_uri()
@@ -93,10 +98,11 @@ def test_a_cells_details_show_configs_and_provenance(page):
     assert page.locator("dialog[open]").count() == 0
 
 
-def test_untrusted_names_are_text_and_the_page_fetches_nothing(page):
-    assert page.locator("#cells-table td", has_text=EVIL).count() == 1
-    page.locator("#cells-table tbody tr", has_text=EVIL).get_by_role("button", name="details").click()
-    assert "onerror=alert(2)" in page.locator("dialog[open]").inner_text()
+def test_untrusted_text_is_text_and_the_page_fetches_nothing(page):
+    assert page.locator("#cells-table td", has_text=UNTRUSTED).count() == 1
+    page.locator("#cells-table tbody tr", has_text=UNTRUSTED).get_by_role("button", name="details").click()
+    details = page.locator("dialog[open]").inner_text()
+    assert "onerror=alert(2)" in details and "<script>alert(1)</script>" in details
     assert page.alerts == []
     assert all(url.startswith(("file:", "data:")) for url in page.requests), page.requests
 

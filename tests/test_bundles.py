@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 import stat
 import sys
 import zipfile
@@ -448,3 +449,249 @@ def test_verify_refuses_bad_predictions_before_training(submitted, cli, tmp_path
     else:
         assert f"the bundle's {member} holds 10 for n_clean, its row" in err and "300: refused" in err
     assert "cleanbench-verify-" not in err and not record_path(bundle).exists()
+
+
+# ---- A corpus of hostile bundles, built here from the real bundle (no binaries committed): every kind is refused
+# by both `verify` and `leaderboard` in one line, exit 2, no traceback, nothing left outside the scratch folder.
+
+FORMULA = "=cmd|' /C calc'!A0"
+
+
+def _rows_edit(change):
+    """A change of the bundle's rows: ``change(rows)`` edits the list of row dicts (columns may be dropped)."""
+    def edit(files: dict) -> None:
+        rows = list(csv.DictReader(io.StringIO(files["results.csv"].decode())))
+        change(rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        files["results.csv"] = buffer.getvalue().encode()
+    return edit
+
+
+def _drop_column(column: str):
+    def change(rows: list) -> None:
+        for row in rows:
+            del row[column]
+    return _rows_edit(change)
+
+
+def _set_all(column: str, value: str):
+    def change(rows: list) -> None:
+        for row in rows:
+            row[column] = value
+    return _rows_edit(change)
+
+
+def _meta_edit(change):
+    def edit(files: dict) -> None:
+        meta = json.loads(files["bundle.json"])
+        change(meta)
+        files["bundle.json"] = json.dumps(meta).encode()
+    return edit
+
+
+def _manifest_edit(change):
+    """Rewrite the bundle with a consistent manifest, then ``change(listing)`` edits its file entries."""
+    def rewrite(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+        manifest = json.loads(files.pop(MANIFEST))
+        change(manifest)
+        files[MANIFEST] = json.dumps(manifest).encode()
+        _write_zip(path, files.items())
+    return rewrite
+
+
+def _write_zip(path: Path, members) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members:
+            archive.writestr(name if isinstance(name, zipfile.ZipInfo) else zipfile.ZipInfo(name), data)
+
+
+def _raw_manifest(data: bytes):
+    """Replace the manifest by ``data``."""
+    def rewrite(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            files = {name: archive.read(name) for name in archive.namelist()}
+        _write_zip(path, {**files, MANIFEST: data}.items())
+    return rewrite
+
+
+def _first_entry(manifest: dict) -> dict:
+    return manifest["files"]["results.csv"]
+
+
+def _raw(data_of):
+    """Replace the whole file by ``data_of(original bytes)``."""
+    def rewrite(path: Path) -> None:
+        path.write_bytes(data_of(path.read_bytes()))
+    return rewrite
+
+
+def _forged(change, manifest: bool = True):
+    """Rewrite the member files with ``change(files)``; with ``manifest``, a manifest made to match (a consistent
+    forgery, so a later check must catch it)."""
+    return lambda path: _rewrite(path, change, manifest=manifest)
+
+
+def _with_members(*members):
+    """The bundle's members plus raw extra ``members`` (name or ZipInfo, data), the manifest kept as it was."""
+    def rewrite(path: Path) -> None:
+        with zipfile.ZipFile(path) as archive:
+            files = [(name, archive.read(name)) for name in archive.namelist()]
+        _write_zip(path, [*files, *members])
+    return rewrite
+
+
+def _link() -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("environment/evil-link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def _flip(at: float, length: int = 64):
+    """Invert ``length`` bytes from ``at`` (a share of the file's length, or a byte offset when 1 or more)."""
+    def flip(data: bytes) -> bytes:
+        start = int(at if at >= 1 else len(data) * at)
+        return data[:start] + bytes(b ^ 0xFF for b in data[start:start + length]) + data[start + length:]
+    return flip
+
+
+def _lzma(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        files = [(name, archive.read(name)) for name in archive.namelist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_LZMA) as archive:
+        for name, data in files:
+            archive.writestr(name, data)
+
+
+HOSTILE = {  # kind: (how to make it from the real bundle, what the one line must say)
+    "empty-file": (_raw(lambda data: b""), r"not a cleanbench bundle \(not a zip file\)"),
+    "empty-zip": (lambda path: _write_zip(path, []), r"no manifest\.json; not a cleanbench bundle"),
+    "truncated": (_raw(lambda data: data[:len(data) // 2]), r"not a zip file|damaged bundle"),
+    "truncated-end": (_raw(lambda data: data[:-5]), r"not a zip file|damaged bundle"),
+    **{f"corrupted-{where}": (_raw(_flip(where)), r"damaged bundle|does not match its hash|not a zip file|unsafe path")
+       for where in (6, 26, 30, 0.2, 1 / 3, 0.5, 0.8)},  # a header's flags, its name's length, its name, data
+    "lzma-members": (_lzma, r"uses a compression other than deflate: refused"),
+    "csv-not-zip": (_raw(lambda data: b"schema_version,cell_id\n6,x\n"), r"not a zip file"),
+    "file-and-folder": (_forged(lambda files: files.update({"preset.toml/x": b"x"})),
+                        r"preset\.toml is both a file and the folder of preset\.toml/x: refused"),
+    "case-twins": (_forged(lambda files: files.update({"Preset.toml": b"x"})),
+                   r"differ only in case: refused"),
+    "duplicate-entry": (_with_members(("preset.toml", b"other")), r"preset\.toml appears twice: refused"),
+    "path-escape": (_with_members(("../escaped.py", b"x")), r"unsafe path '\.\./escaped\.py'"),
+    "absolute-path": (_with_members(("/tmp/cleanbench-absolute.py", b"x")), r"unsafe path"),
+    "link": (_with_members((_link(), b"/etc/passwd")), r"not a plain file"),
+    "unlisted-file": (_with_members(("extra.py", b"x")), r"extra\.py is not listed in the manifest"),
+    "missing-file": (_forged(lambda files: files.pop("preset.toml"), manifest=False),
+                     r"preset\.toml is listed in the manifest but missing"),
+    "hash-mismatch": (_forged(lambda files: files.update({"preset.toml": files["preset.toml"] + b"\n"}),
+                              manifest=False), r"preset\.toml does not match its hash in the manifest"),
+    "manifest-not-json": (_raw_manifest(b"{not json"), r"manifest\.json is not a JSON object"),
+    "manifest-empty-object": (_manifest_edit(lambda manifest: manifest.clear()),
+                              r"manifest\.json: field 'format' is missing"),
+    "manifest-format": (_manifest_edit(lambda manifest: manifest.update(format=2)),
+                        r"manifest\.json, field 'format': expected 1, got 2"),
+    "manifest-no-sha256": (_manifest_edit(lambda manifest: _first_entry(manifest).pop("sha256")),
+                           r"manifest\.json, files\['results\.csv'\]: field 'sha256' is missing"),
+    "manifest-number-hash": (_manifest_edit(lambda manifest: _first_entry(manifest).update(sha256=12345)),
+                             r"files\['results\.csv'\], field 'sha256': expected 64 lowercase hex digits, got 12345"),
+    "manifest-text-bytes": (_manifest_edit(lambda manifest: _first_entry(manifest).update(bytes="12")),
+                            r"field 'bytes': expected a non-negative integer, got '12'"),
+    "manifest-entry-list": (_manifest_edit(lambda manifest: manifest["files"].update({"results.csv": []})),
+                            r"files\['results\.csv'\]: expected an object"),
+    "manifest-extra-field": (_manifest_edit(lambda manifest: manifest.update(run="evil")),
+                             r"manifest\.json: unknown field 'run'"),
+    "meta-not-json": (_forged(lambda files: files.update({"bundle.json": b"{not json"})),
+                      r"bundle\.json is not UTF-8 JSON"),
+    "meta-no-defense": (_forged(_meta_edit(lambda meta: meta.pop("defense"))), r"field 'defense' is missing"),
+    "meta-formula-defense": (_forged(_meta_edit(lambda meta: meta.update(defense=FORMULA))),
+                             r"bundle\.json, field 'defense': expected a name"),
+    "component-no-sha256": (_forged(_meta_edit(lambda meta: meta["components"][0].pop("sha256"))),
+                            r"components\[0\]: field 'sha256' is missing"),
+    "component-number-hash": (_forged(_meta_edit(lambda meta: meta["components"][0].update(sha256=7))),
+                              r"components\[0\], field 'sha256': expected 64 lowercase hex digits, got 7"),
+    "component-path-name": (_forged(_meta_edit(lambda meta: meta["components"][0].update(name="../x"))),
+                            r"components\[0\], field 'name': expected a name"),
+    "rows-not-utf8": (_forged(lambda files: files.update({"results.csv": files["results.csv"] + "é,\n".encode(
+        "latin-1")})), r"results\.csv: not a readable CSV file"),
+    "rows-no-attack": (_forged(_drop_column("attack")), r"results\.csv: missing column 'attack'"),
+    "rows-no-cell-id": (_forged(_drop_column("cell_id")), r"results\.csv: missing column 'cell_id'"),
+    "rows-text-seed": (_forged(_set_all("seed", "zero")), r"column 'seed': expected an integer, got 'zero'"),
+    "rows-extra-field": (_forged(lambda files: files.update(
+        {"results.csv": files["results.csv"] + files["results.csv"].splitlines()[1] + b",x\n"})),
+                         r"results\.csv: not a readable CSV file"),
+    "rows-formula-defense": (_forged(_set_all("defense", FORMULA)),
+                             r"column 'defense': \"=cmd\|' /C calc'!A0\" is not a name"),
+    "rows-markup-attack": (_forged(_set_all("attack", "<script>alert(1)</script>")),
+                           r"column 'attack': '<script>alert\(1\)</script>' is not a name"),
+    "rows-formula-preset": (_forged(_set_all("preset", "@SUM(1+1)")), r"column 'preset': '@SUM\(1\+1\)' is not a name"),
+    "source-changed": (_forged(lambda files: files.update(
+        {"source/defense/jitter/jitter.py": files["source/defense/jitter/jitter.py"] + b"\n# changed\n"})),
+        r"the source of defense 'jitter' in the bundle does not match the hash recorded"),
+}
+
+
+@pytest.fixture
+def scratch_root(tmp_path, monkeypatch):
+    """Temporary folders made under one folder of the test's, to check that every scratch folder was removed."""
+    import tempfile
+
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("command", ["verify", "leaderboard"])
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_hostile_bundles_are_refused_in_one_line(submitted, cli, tmp_path, scratch_root, nothing_trains, kind,
+                                                 command):
+    make, message = HOSTILE[kind]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    bundle = _copy(submitted, folder)
+    make(bundle)
+    before = _files_under(tmp_path)
+    board = tmp_path / "board"
+    args = ("verify", bundle, "--device", "cpu") if command == "verify" else ("leaderboard", bundle, "--out", board)
+    code, out, err = cli(*args)
+    assert code == 2, out + err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(message, lines[0]), lines[0]
+    assert "Traceback" not in out + err and "rerunning" not in out + err
+    assert _files_under(tmp_path) == before  # no record, no output folder, no scratch folder left
+    assert not board.exists() and not record_path(bundle).exists() and not list(scratch_root.iterdir())
+    assert not Path("/tmp/cleanbench-absolute.py").exists() and not (tmp_path / "escaped.py").exists()
+
+
+def test_submit_checks_its_bundle_through_the_same_intake(submitted, tmp_path, monkeypatch):
+    """``submit`` opens what it wrote through ``open_bundle``; a bundle that fails the intake is not left behind."""
+    from benchmark import submit as submit_module
+
+    calls = []
+    real = bundle_format.open_bundle
+
+    def spy(path, folder):
+        calls.append(path)
+        return real(path, folder)
+
+    monkeypatch.setattr(bundle_format, "open_bundle", spy)
+    DEFENSES.unregister("jitter")
+    plugin = submitted / "jitter.py"
+    from benchmark.plugins import register_plugins
+
+    register_plugins([str(plugin)], no_autoload=True)
+    try:
+        target = tmp_path / "again.zip"
+        submit_module.submit(submitted / "run", "jitter", target, preset=str(TEST_PRESET))
+        assert calls == [target] and target.is_file()
+    finally:
+        DEFENSES.unregister("jitter")

@@ -3,6 +3,8 @@ gate, ranking, schema errors (one line, exit code 2) and escaping of untrusted n
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 
 import pandas as pd
@@ -136,8 +138,13 @@ def _tiny_png() -> bytes:
 
 
 def test_untrusted_names_render_as_text(tmp_path):
-    rows = known_rows() + [make_row("badnet", EVIL, 0, 0.7, 0.2, defense_config='{"x": "</pre><img src=x onerror=alert(2)>"}'),
-                           make_row("badnet", EVIL, 1, 0.7, 0.2)]
+    """A name with markup is refused (names are identifiers: benchmark.names); markup in free text is escaped."""
+    rows = known_rows() + [make_row("badnet", EVIL, 0, 0.7, 0.2), make_row("badnet", EVIL, 1, 0.7, 0.2)]
+    with pytest.raises(UserError, match=r"column 'defense': '<script>alert\(1\)</script>' is not a name"):
+        write_leaderboard([write_results(tmp_path / "named" / "results.csv", rows)], quiet=True)
+    config = '{"x": "</pre><img src=x onerror=alert(2)>", "y": "<script>alert(1)</script>"}'
+    rows = known_rows() + [make_row("badnet", "evil", 0, 0.7, 0.2, defense_config=config),
+                           make_row("badnet", "evil", 1, 0.7, 0.2)]
     index = write_leaderboard([write_results(tmp_path / "results.csv", rows)], quiet=True)
     page = index.read_text()
     assert EVIL not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
@@ -270,3 +277,28 @@ def test_leaderboard_never_imports_torch():
     code = ("import sys, leaderboard.build, leaderboard.html, leaderboard.plots, leaderboard.summary; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_no_csv_cell_the_leaderboard_writes_starts_a_formula(tmp_path):
+    """Text cells starting with = + - @ tab or carriage return get a leading ' (OWASP CSV injection); numbers,
+    negative ones included, stay numbers."""
+    from benchmark.names import csv_safe
+    from leaderboard.aggregate import write_table
+
+    table = pd.DataFrame({"text": ["=cmd|' /C calc'!A0", "+1+1", "-x", "@SUM(A1)", "\tx", "\rx", "plain", "-0.05"],
+                          "number": [-0.05, 1.0, -2.5, 0.0, 3.0, -1e-9, 2.0, 4.0]})
+    write_table(table, tmp_path / "t.csv")
+    header, *rows = csv.reader(io.StringIO((tmp_path / "t.csv").read_bytes().decode(), newline=""))
+    assert header == ["text", "number"]
+    assert [row[0] for row in rows] == ["'=cmd|' /C calc'!A0", "'+1+1", "'-x", "'@SUM(A1)", "'\tx", "'\nx", "plain",
+                                        "-0.05"]  # a lone carriage return would start a row: written as a newline
+    assert [float(row[1]) for row in rows] == [-0.05, 1.0, -2.5, 0.0, 3.0, -1e-9, 2.0, 4.0]
+    assert csv_safe("-0.05") == "-0.05" and csv_safe(-0.05) == -0.05 and csv_safe(" -1") == " -1"
+    assert csv_safe("-1 ") == "'-1 " and csv_safe("'=x") == "'=x"  # a cell already neutralised stays as it is
+
+    write_leaderboard([write_results(tmp_path / "run" / "results.csv", known_rows())], quiet=True)
+    for name in ("leaderboard.csv", "pairwise.csv", "detection.csv"):
+        for row in csv.reader(io.StringIO((tmp_path / "run" / name).read_text())):
+            for cell in row:
+                if cell.startswith(("=", "+", "-", "@", "\t", "\r")):
+                    float(cell)  # only numbers may start so

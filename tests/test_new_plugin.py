@@ -53,8 +53,8 @@ def test_new_writes_a_package_that_imports_only_cleanbench_and_passes_the_checks
                             "digits, - and _, starting with a letter"),
     (("defense", "my.defense"), "defense name 'my.defense' does not make a Python module name ('my.defense'): use "
                                 "letters, digits, - and _, starting with a letter"),
-    (("defense", "../up"), "defense name '../up' from the command line is not allowed: use letters, digits and "
-                           "- _ . + (at most 64, no '..')"),
+    (("defense", "../up"), "defense name '../up' from the command line is not allowed: use 1-64 lowercase "
+                           "letters, digits and - _ . + starting with a letter or digit (no '..')"),
     (("defense", "finetune"), "defense 'finetune' already exists (built-in); choose another name"),
     (("attack", "json"), "a module named 'json' already exists in this environment; choose another name"),
     (("widget", "thing"), "cannot make a 'widget'; choose one of: attack, defense"),

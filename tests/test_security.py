@@ -30,7 +30,7 @@ from tests.helpers import TEST_PRESET, RunsCode
 from tests.results_rows import make_row, write_results
 
 MODEL = "cleanbench-vit-tiny"
-NAME_RULE = "use letters, digits and - _ . + (at most 64, no '..')"
+NAME_RULE = "use 1-64 lowercase letters, digits and - _ . + starting with a letter or digit (no '..')"
 
 
 def hostile_checkpoint(folder: Path, form: str) -> tuple[Path, Path]:
@@ -93,10 +93,19 @@ def _rows(attack: str, defense: str, preset: str, text: str) -> list[dict]:
 
 @pytest.mark.parametrize("payload", PAYLOADS)
 def test_markup_from_results_files_is_shown_as_text(tmp_path, payload):
-    """Attack, defense and preset names, configs, reasons and provenance from a results CSV are escaped: the page
-    has exactly the tags a page of harmless names has."""
+    """Configs, reasons and provenance from a results CSV are escaped: the page has exactly the tags a page of
+    harmless text has. Attack, defense and preset names with markup are refused outright (names are identifiers:
+    benchmark.names), in one line."""
+    for column in range(3):
+        names = ["attack-x", "defense-x", "preset-x"]
+        names[column] = payload
+        path = write_results(tmp_path / f"name{column}" / "results.csv", _rows(*names, "text-x"))
+        with pytest.raises(UserError, match=r"is not a name: use 1-64 lowercase letters") as refused:
+            write_leaderboard([path], quiet=True)
+        assert "\n" not in str(refused.value) and not (path.parent / "index.html").exists()
     hostile = write_leaderboard([write_results(tmp_path / "hostile" / "results.csv",
-                                               _rows(payload, payload, payload, payload))], quiet=True).read_text()
+                                               _rows("attack-x", "defense-x", "preset-x", payload))],
+                                quiet=True).read_text()
     plain = write_leaderboard([write_results(tmp_path / "plain" / "results.csv",
                                              _rows("attack-x", "defense-x", "preset-x", "text-x"))], quiet=True).read_text()
     for markup in ("<script", "<img", "<svg", '"><', "'><"):  # no new element, no attribute broken out of
