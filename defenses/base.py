@@ -1,4 +1,5 @@
-"""The ``Defense`` contract every defense implements, built-in or plugin, at one of three stages.
+"""The ``Defense`` contract every defense implements, built-in or plugin, at one of three stages (each stage's
+hand-off is an entry of :data:`benchmark.stages.STAGES`, which names these contract classes).
 
 * ``post-training`` (:class:`Defense`, ``apply``): receives the (possibly backdoored) victim and the preset's clean
   pairs (its budget, disjoint from the victim's training pairs) and returns a model. CleanCLIP, finetuning, PAR.
