@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).parents[1]
 SCRIPTS = ROOT / "benchmarks" / "slurm"
 SLURM = ["--executor", "slurm", "--slurm-partition", "debug", "--slurm-timeout-min", "10",
-         "--slurm-option", "cpus_per_task=1", "--slurm-option", "mem=2G"]  # the node has 2 cores
+         "--slurm-option", "cpus_per_task=1", "--slurm-option", "mem=1G"]  # the test node: 2 cores, memory not enforced
 
 
 @pytest.fixture(scope="session")

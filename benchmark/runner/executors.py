@@ -291,7 +291,9 @@ class SlurmExecutor:
             _gather(plan, (spec, cells), submitted, out_dir, summary, reporter)
             if self.cluster == "slurm":
                 state = submitted.watcher.get_state(submitted.job_id, mode="force")
-                reporter.log(f"slurm job {submitted.job_id} (victim {spec.attack} seed {spec.seed}): state {state}")
+                result = "result in" if submitted.paths.result_pickle.exists() else "no result"
+                reporter.log(f"slurm job {submitted.job_id} (victim {spec.attack} seed {spec.seed}): {result}, "
+                             f"Slurm state {state}")
         return summary
 
 
