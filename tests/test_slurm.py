@@ -63,7 +63,7 @@ def grid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("slurm-grid")
     preset = write_small_preset(folder / "small.toml", "fmnist-slurm")
 
-    def run(out: Path, *options: str):
+    def run(out: Path, *options: str, preset: str | Path = preset):
         result = CliRunner().invoke(app, ["run", "--preset", str(preset), "--attacks", "badnet", "--defenses",
                                           "none", "--seeds", "0", "--device", "cpu", "--out", str(out), *options])
         if result.exception and not isinstance(result.exception, SystemExit):
@@ -154,3 +154,21 @@ def test_a_requeued_job_runs_again_and_the_grid_finishes(slurm_cluster, grid, tm
     assert first.returncode == 0, log
     assert _scontrol(job).get("Restarts") == "1", _scontrol(job)
     pd.testing.assert_frame_equal(_metrics(out), reference)
+
+
+def test_a_job_past_its_time_limit_is_recorded_failed_with_the_reason_and_the_grid_goes_on(slurm_cluster, grid,
+                                                                                            tmp_path):
+    """A one-minute limit and no requeue on the default preset (minutes of training per victim): Slurm signals
+    each job that its time is up, the job stops, and its cells are recorded failed with the reason; the command
+    ends, with a row for every cell. submitit asks for the signal 90 s before the limit, at once here, maybe
+    before the job's Python has its handler: ``signal=USR2@10`` has it come 10 s before the minute is up."""
+    run, _ = grid
+    out = tmp_path / "run"
+    limited = [*SLURM[:SLURM.index("--slurm-timeout-min")], "--slurm-timeout-min", "1", "--slurm-max-requeue", "0",
+               *SLURM[SLURM.index("--slurm-timeout-min") + 2:], "--slurm-option", "signal=USR2@10"]
+    result = run(out, *limited, preset="fmnist-tiny")
+    assert result.exit_code == 1, result.stdout + result.stderr
+    rows = pd.read_csv(out / "results.csv")
+    assert len(rows) == 2 and (rows.status == "failed").all(), rows
+    for reason in rows.reason:
+        assert "timed-out" in reason or "TIMEOUT" in reason, reason
