@@ -282,10 +282,80 @@ class SlurmExecutor:
                                   [cells for _, cells in groups])
         reporter.log(f"executor slurm: {len(jobs)} jobs ({jobs[0].job_id.split('_')[0] if jobs else '-'}), "
                      f"logs in {self.folder}")
+        if self.cluster == "slurm":
+            states = slurm_states()
+            for submitted in jobs:  # sacct, or scontrol where the cluster keeps no accounting
+                submitted.watcher = states
         summary = RunSummary()
-        for submitted, group in zip(jobs, groups):
-            _gather(plan, group, submitted, out_dir, summary, reporter)
+        for submitted, (spec, cells) in zip(jobs, groups):
+            _gather(plan, (spec, cells), submitted, out_dir, summary, reporter)
+            if self.cluster == "slurm":
+                state = submitted.watcher.get_state(submitted.job_id, mode="force")
+                result = "result in" if submitted.paths.result_pickle.exists() else "no result"
+                reporter.log(f"slurm job {submitted.job_id} (victim {spec.attack} seed {spec.seed}): {result}, "
+                             f"Slurm state {state}")
         return summary
+
+
+def slurm_states():
+    """A submitit watcher of Slurm job states: ``sacct``'s (submitit's own), or, on a cluster that keeps no
+    accounting (``AccountingStorageType=accounting_storage/none``, where ``sacct`` fails), ``scontrol show job``'s.
+    Without it a job that ends without a result (cancelled, timed out, its node lost) would be waited on for ever
+    on such a cluster. A job ``scontrol`` no longer knows (ended longer than ``MinJobAge`` ago) counts as ended."""
+    import subprocess
+    import time
+
+    from submitit.core import logger
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class States(SlurmInfoWatcher):
+        accounting = True
+
+        def update(self) -> None:
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            if self.accounting:
+                done = subprocess.run(command, capture_output=True)
+                if done.returncode == 0:
+                    self._info_dict.update(self.read_info(done.stdout))
+                elif b"accounting storage is disabled" in done.stderr:
+                    self.accounting = False
+                else:
+                    logger.get_logger().warning(f"sacct failed ({done.stderr.decode().strip()}); states may lag")
+            if not self.accounting:
+                for main in {job.split("_")[0] for job in self._registered - self._finished}:
+                    self._info_dict.update(self._scontrol(main))
+            self._last_status_check = time.time()
+            for job in self._registered - self._finished:
+                if self.is_done(job, mode="cache"):
+                    self._finished.add(job)
+
+        def _scontrol(self, main: str) -> dict[str, dict[str, str]]:
+            done = subprocess.run(["scontrol", "show", "job", "-o", main], capture_output=True, text=True)
+            if done.returncode != 0:
+                if "Invalid job id" in done.stderr:  # purged from slurmctld: it ended
+                    return {job: {"State": "ENDED", "JobID": job} for job in self._registered
+                            if job.split("_")[0] == main and job not in self._finished}
+                logger.get_logger().warning(f"scontrol failed ({done.stderr.strip()}); states may lag")
+                return {}
+            found: dict[str, dict[str, str]] = {}
+            for line in done.stdout.splitlines():
+                fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+                state = {"State": fields.get("JobState", "UNKNOWN"), "JobID": fields.get("JobId", ""),
+                         "Reason": fields.get("Reason", "")}
+                task = fields.get("ArrayTaskId")
+                if not task:
+                    found[fields.get("JobId", main)] = state
+                    continue
+                for part in task.split("%")[0].split(","):  # 3, or a pending range: 0-4%2, 0,3-5
+                    first, _, last = part.partition("-")
+                    for index in range(int(first), int(last or first) + 1):
+                        found[f"{fields.get('ArrayJobId', main)}_{index}"] = state
+            return found
+
+    return States(delay_s=60)
 
 
 class GroupJob:
@@ -322,7 +392,8 @@ def _gather(plan: Plan, group: Group, job: Any, out_dir: Path, summary: RunSumma
         # a submitit job with several tasks (DDP) returns one summary per task: rank 0's counts the group once
         finished = job.results()[0] if hasattr(job, "results") else job.result()
     except Exception as error:  # noqa: BLE001 - the worker died; its cells are reported and the grid goes on
-        reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {error}"
+        message = " ".join(str(error).splitlines()[:2])  # submitit adds the job's error log: see its files
+        reason = f"worker for victim {spec.attack} seed {spec.seed} died: {type(error).__name__}: {message}"
         written = ResultsFile(Path(out_dir) / RESULTS_FILE).rows
         results = SharedResults(Path(out_dir) / RESULTS_FILE)
         for cell in (cell for cell in cells if cell.row_id not in written):
