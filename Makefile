@@ -5,7 +5,7 @@
 #   make run-all
 VENV ?= .venv
 PYTHON ?= python3
-APT_PACKAGES = dataset-fashion-mnist wordnet-base chromium munge slurmctld slurmd slurm-client
+APT_PACKAGES = dataset-fashion-mnist wordnet-base chromium
 SUDO = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # The quick suite is what `cleanbench run` runs without --attacks/--defenses (benchmark/cli/support.py): the
