@@ -140,7 +140,9 @@ def train(
     model.train()
     stepper = distributed.wrap(model, device)
     if runtime.compile:
-        stepper = torch.compile(stepper)
+        # Under DDP the wrapper is compiled itself (each run's own); otherwise one compile serves every model of
+        # the same configuration in this process (every victim and every cell), see compiled().
+        stepper = torch.compile(stepper) if world.distributed else compiled(model)
     shard = not getattr(batches, "sharded", False)
     step, loss_value, seen, start = 0, float("nan"), 0, time.perf_counter()
     epoch_rates = []
@@ -191,6 +193,44 @@ def train(
     seconds = time.perf_counter() - start
     model.eval()
     return TrainStats(step, loss_value, seconds, seen / max(seconds, 1e-9), epoch_rates)
+
+
+_compiled_forwards: dict[tuple, Callable] = {}
+
+
+def _forward(module: nn.Module, *args, **kwargs):
+    return module(*args, **kwargs)
+
+
+def model_configuration(model: nn.Module) -> tuple:
+    """What a compiled forward depends on: the model's class and its parameters' names, shapes and dtypes."""
+    return (type(model).__module__, type(model).__qualname__,
+            tuple((name, tuple(param.shape), param.dtype) for name, param in model.named_parameters()))
+
+
+class CompiledModel:
+    """``model`` called through the compiled forward of its configuration; its other attributes are its own
+    (as ``torch.compile``'s wrapper forwards them)."""
+
+    def __init__(self, model: nn.Module, forward: Callable) -> None:
+        self.__dict__.update(_orig_mod=model, _forward=forward)
+
+    def __call__(self, *args, **kwargs):
+        return self._forward(self._orig_mod, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["_orig_mod"], name)
+
+
+def compiled(model: nn.Module) -> CompiledModel:
+    """``model`` with a ``torch.compile``'d forward, compiled once per process and model configuration: the
+    compiled function takes the module as an argument (dynamo treats its parameters as inputs), so the next
+    victim or cell of the same configuration reuses it rather than compiling again."""
+    key = model_configuration(model)
+    forward = _compiled_forwards.get(key)
+    if forward is None:
+        forward = _compiled_forwards[key] = torch.compile(_forward)
+    return CompiledModel(model, forward)
 
 
 def _channels_last(batch: Batch) -> Batch:

@@ -100,3 +100,46 @@ def test_the_nan_guard_names_the_first_non_finite_step_read_at_the_sync_point():
 
     with pytest.raises(NonFiniteLossError, match=r"loss is -inf at step 2 \(epoch 1\)"):
         train(model, batches, TrainRecipe(epochs=1, batch_size=4), loss_fn=loss_fn)
+
+
+def test_compile_runs_once_per_process_and_model_configuration(monkeypatch):
+    """Two victims (two trainings of fresh models of one configuration) share one ``torch.compile``."""
+    import benchmark.training as training
+
+    calls = []
+
+    def counting_compile(fn, *args, **kwargs):
+        calls.append(fn)
+        return fn  # eager: the count is what matters here
+
+    monkeypatch.setattr(torch, "compile", counting_compile)
+    monkeypatch.setattr(training, "_compiled_forwards", {}, raising=False)
+    with _runtime(Runtime(compile=True)):
+        for seed in (0, 1):
+            model = create_model(MODEL, seed=seed)
+            batches = PairBatches(_pairs(16), tokenizer_for(MODEL), Normalizer(model), 8,
+                                  torch.Generator().manual_seed(seed), CPU)
+            train(model, batches, TrainRecipe(epochs=1, batch_size=8, lr=1e-3))
+    assert len(calls) == 1
+
+
+def test_the_compiled_path_trains_the_same_weights_with_the_eager_backend():
+    """The shared compiled forward (dynamo, eager backend: no C++ compiler needed) trains as the plain model."""
+    import functools
+
+    import benchmark.training as training
+
+    def trained(compile_model: bool) -> dict[str, torch.Tensor]:
+        model = create_model(MODEL, seed=0)
+        batches = PairBatches(_pairs(16), tokenizer_for(MODEL), Normalizer(model), 8,
+                              torch.Generator().manual_seed(0), CPU)
+        with _runtime(Runtime(compile=compile_model)):
+            train(model, batches, TrainRecipe(epochs=1, batch_size=8, lr=1e-3))
+        return model.state_dict()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+        patch.setattr(training, "_compiled_forwards", {}, raising=False)
+        compiled_weights = trained(True)
+    eager_weights = trained(False)
+    assert all(torch.allclose(compiled_weights[key], eager_weights[key], atol=1e-5) for key in eager_weights)
