@@ -143,3 +143,43 @@ def test_the_compiled_path_trains_the_same_weights_with_the_eager_backend():
         compiled_weights = trained(True)
     eager_weights = trained(False)
     assert all(torch.allclose(compiled_weights[key], eager_weights[key], atol=1e-5) for key in eager_weights)
+
+
+def test_evaluation_runs_under_the_configured_autocast(monkeypatch):
+    """Evaluation (the zero-shot class embeddings and every forward pass) enters the runtime's autocast, as a
+    training step does: bf16 on CUDA by default, where it ran in fp32 before."""
+    from benchmark.data.pairs import EvalSet
+    from benchmark.device import Runtime
+    from benchmark.metrics import classifier_for, evaluate
+
+    depth, entered = [0], []
+
+    @contextlib.contextmanager
+    def recording(self, device):
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(Runtime, "autocast", recording)
+    model = create_model(MODEL, seed=0)
+    forward = model.encode_image
+
+    def encode_image(*args, **kwargs):
+        entered.append(depth[0] > 0)
+        return forward(*args, **kwargs)
+
+    encode_text = model.encode_text
+
+    def encode_text_recorded(*args, **kwargs):
+        entered.append(depth[0] > 0)
+        return encode_text(*args, **kwargs)
+
+    monkeypatch.setattr(model, "encode_image", encode_image)
+    monkeypatch.setattr(model, "encode_text", encode_text_recorded)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    eval_set = EvalSet(images, torch.arange(6) % 3, ["bag", "coat", "shirt"])
+    classifier = classifier_for(model, tokenizer_for(MODEL), eval_set, CPU)
+    evaluate(classifier, eval_set, target=0, trigger=lambda x, g: x.flip(-1), seed=0, device=CPU)
+    assert len(entered) >= 3 and all(entered), entered
