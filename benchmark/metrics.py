@@ -16,6 +16,7 @@ from torch import nn
 
 from benchmark.data.batches import Normalizer
 from benchmark.data.pairs import EvalSet, to_float, to_uint8
+from benchmark.device import current_runtime
 from benchmark.predictions import Predictions
 
 Trigger = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
@@ -79,9 +80,10 @@ class ZeroShotClassifier:
 
 def classifier_for(model: nn.Module, tokenizer, eval_set: EvalSet, device: torch.device) -> ImageClassifier:
     """The model's own classifier if it brings one, else the zero-shot classifier over the eval set's classes."""
-    if isinstance(model, BringsOwnClassifier):
-        return model.image_classifier(eval_set, device)
-    return ZeroShotClassifier(model, tokenizer, eval_set, device)
+    with current_runtime().autocast(device):  # the class embeddings as training computes features
+        if isinstance(model, BringsOwnClassifier):
+            return model.image_classifier(eval_set, device)
+        return ZeroShotClassifier(model, tokenizer, eval_set, device)
 
 
 @dataclass(frozen=True)
@@ -133,12 +135,14 @@ def evaluate_with_predictions(classifier: ImageClassifier, eval_set: EvalSet, *,
     Triggered images are quantised to uint8, like stored poisoned images, and the trigger's randomness comes
     from a generator seeded with ``seed`` so the ASR of a cell is reproducible. The trigger is drawn for
     ``batch_size`` images at a time (the draws, and so the ASR, depend on it); the classifier then takes them in
-    batches of :func:`forward_batch_size`.
+    batches of :func:`forward_batch_size`, under the configured runtime's autocast as in training (bf16 on CUDA
+    by default; nothing on the CPU unless ``--precision bf16``, :class:`benchmark.device.Runtime`).
     """
     step = forward_batch_size(device)
 
     def classify(images: torch.Tensor) -> torch.Tensor:
-        return torch.cat([classifier(part.to(device)) for part in images.split(step)])
+        with current_runtime().autocast(device):
+            return torch.cat([classifier(part.to(device)) for part in images.split(step)])
 
     labels = eval_set.labels
     top5 = 0

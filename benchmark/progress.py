@@ -60,6 +60,9 @@ class Reporter:
             task_id = progress.add_task(description, total=total, info="")
 
             def advance(n: int = 1, **fields: float) -> None:
+                if not fields:  # the fields shown stay until new ones come
+                    progress.update(task_id, advance=n)
+                    return
                 info = " ".join(f"{k}={v:.4g}" for k, v in fields.items())
                 progress.update(task_id, advance=n, info=info)
 

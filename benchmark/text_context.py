@@ -10,6 +10,13 @@ at most 14 positions: over half of the text tower's work is gone, 10–15% of a 
 
 Models whose text tower is not causal or pools some other way (``CustomTextCLIP``, ``pool_type = "last"``)
 keep open_clip's method: there, later positions do matter.
+
+Where the cut is worked out matters on a GPU: reading the batch's length off token ids already on the device
+is a device-to-host sync on every step (and a graph break under ``torch.compile``). The training batches
+(:mod:`benchmark.data.batches`) therefore cut their token ids on the CPU, before the copy to the device
+(:func:`cut_tokens`), and ``encode_text`` takes a batch narrower than the context as already cut: its width is
+its length, read from the shape, with no sync. A batch of the full context width (the zero-shot classifier's
+templates, a plugin's own batches) is cut as before, from its ids.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ class CaptionLengthCLIP(CLIP):
     """
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        length = int(text.argmax(dim=-1).max()) + 1
-        if length >= text.shape[1]:
-            return super().encode_text(text, normalize=normalize)
+        context = self.positional_embedding.shape[0]
+        if text.shape[1] < context:  # cut already, on the CPU (cut_tokens): the width is the length, no sync
+            length = text.shape[1]
+        else:
+            length = int(text.argmax(dim=-1).max()) + 1
+            if length >= text.shape[1]:
+                return super().encode_text(text, normalize=normalize)
         text = text[:, :length]
         # open_clip's CLIP.encode_text with the positional embedding and causal mask cut to ``length``.
         cast_dtype = self.transformer.get_cast_dtype()
@@ -52,3 +63,15 @@ def encode_captions_by_length(model: nn.Module) -> nn.Module:
             and isinstance(getattr(model, "attn_mask", None), torch.Tensor)):
         model.__class__ = CaptionLengthCLIP
     return model
+
+
+def encodes_captions_by_length(model: nn.Module) -> bool:
+    """Whether ``model`` takes token batches cut to their captions' length (:func:`cut_tokens`)."""
+    return isinstance(model, CaptionLengthCLIP)
+
+
+def cut_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """A batch of token ids (on the CPU) without the positions after its last end-of-text token, which holds the
+    highest id: the cut :class:`CaptionLengthCLIP` makes, made before the batch goes to the device."""
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    return tokens[:, :length] if length < tokens.shape[1] else tokens

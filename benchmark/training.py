@@ -34,6 +34,7 @@ from benchmark.training_recipe import TrainRecipe
 __getattr__ = moved_names(__name__)  # names that lived here once
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 MAX_LOGIT_SCALE = math.log(100.0)
+SYNC_EVERY = 50  # steps between reading the losses back from the device (the log and the NaN guard)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -114,6 +115,11 @@ def train(
     Under DDP, ``batches`` yields global batches (every rank the same) unless it declares ``sharded = True``
     and yields each rank's share itself; the loss is averaged over ranks for the log and the NaN guard, so every
     rank stops together.
+
+    The losses stay on the device between sync points (every ``SYNC_EVERY`` steps and at the end of each
+    epoch), where they are read back in one copy: a step never waits for the device. The NaN guard checks at
+    those points, so a run with a non-finite loss stops there (at most ``SYNC_EVERY`` steps later, or at the
+    epoch's end), naming the first step whose loss was not finite; the progress bar's loss is the last sync's.
     """
     from open_clip_train.scheduler import cosine_lr
 
@@ -134,10 +140,24 @@ def train(
     model.train()
     stepper = distributed.wrap(model, device)
     if runtime.compile:
-        stepper = torch.compile(stepper)
+        # Under DDP the wrapper is compiled itself (each run's own); otherwise one compile serves every model of
+        # the same configuration in this process (every victim and every cell), see compiled().
+        stepper = torch.compile(stepper) if world.distributed else compiled(model)
     shard = not getattr(batches, "sharded", False)
     step, loss_value, seen, start = 0, float("nan"), 0, time.perf_counter()
     epoch_rates = []
+    pending: list[torch.Tensor] = []  # the losses (on the device) of the steps since the last sync point
+
+    def sync(epoch: int) -> float:
+        """Read the pending losses back in one copy; stop on the first non-finite one; the last one."""
+        values = torch.stack(pending).tolist()
+        first = step - len(values)
+        pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"{description}: loss is {value} at step {first + offset} (epoch {epoch + 1})")
+        return values[-1]
+
     with reporter.task(description, total=total_steps) as advance:
         for epoch in range(recipe.epochs):
             epoch_seen, epoch_start = 0, time.perf_counter()
@@ -149,9 +169,7 @@ def train(
                 schedule(step)
                 with runtime.autocast(device):
                     loss = loss_fn(stepper, batch)
-                logged = distributed.mean_over_ranks(loss.detach())
-                if not torch.isfinite(logged):
-                    raise NonFiniteLossError(f"{description}: loss is {logged.item()} at step {step} (epoch {epoch + 1})")
+                pending.append(distributed.mean_over_ranks(loss.detach()))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 failpoint("train-step")  # a test kills here: mid-step, weights not yet updated
@@ -159,10 +177,15 @@ def train(
                     nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip_norm)
                 optimizer.step()
                 _clamp_logit_scale(model)
-                loss_value = logged.item()
                 epoch_seen += len(next(iter(batch.values()))) * world.size
                 step += 1
-                advance(1, loss=loss_value)
+                if len(pending) >= SYNC_EVERY:
+                    loss_value = sync(epoch)
+                    advance(1, loss=loss_value)
+                else:
+                    advance(1)
+            if pending:
+                loss_value = sync(epoch)
             epoch_rates.append(epoch_seen / max(time.perf_counter() - epoch_start, 1e-9))
             seen += epoch_seen
             reporter.log(f"{description}: epoch {epoch + 1}/{recipe.epochs}, loss {loss_value:.4f}, "
@@ -170,6 +193,44 @@ def train(
     seconds = time.perf_counter() - start
     model.eval()
     return TrainStats(step, loss_value, seconds, seen / max(seconds, 1e-9), epoch_rates)
+
+
+_compiled_forwards: dict[tuple, Callable] = {}
+
+
+def _forward(module: nn.Module, *args, **kwargs):
+    return module(*args, **kwargs)
+
+
+def model_configuration(model: nn.Module) -> tuple:
+    """What a compiled forward depends on: the model's class and its parameters' names, shapes and dtypes."""
+    return (type(model).__module__, type(model).__qualname__,
+            tuple((name, tuple(param.shape), param.dtype) for name, param in model.named_parameters()))
+
+
+class CompiledModel:
+    """``model`` called through the compiled forward of its configuration; its other attributes are its own
+    (as ``torch.compile``'s wrapper forwards them)."""
+
+    def __init__(self, model: nn.Module, forward: Callable) -> None:
+        self.__dict__.update(_orig_mod=model, _forward=forward)
+
+    def __call__(self, *args, **kwargs):
+        return self._forward(self._orig_mod, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["_orig_mod"], name)
+
+
+def compiled(model: nn.Module) -> CompiledModel:
+    """``model`` with a ``torch.compile``'d forward, compiled once per process and model configuration: the
+    compiled function takes the module as an argument (dynamo treats its parameters as inputs), so the next
+    victim or cell of the same configuration reuses it rather than compiling again."""
+    key = model_configuration(model)
+    forward = _compiled_forwards.get(key)
+    if forward is None:
+        forward = _compiled_forwards[key] = torch.compile(_forward)
+    return CompiledModel(model, forward)
 
 
 def _channels_last(batch: Batch) -> Batch:

@@ -55,3 +55,17 @@ def test_poison_replaces_captions_with_target_captions_and_records_them():
     untouched = [i for i in range(20) if i not in manifest.indices]
     assert torch.equal(poisoned.images[untouched], pairs.images[untouched])
     assert pairs.captions[manifest.indices[0]] == "caption %d" % manifest.indices[0]  # the input is not modified
+
+
+def test_the_224_px_presets_give_badnet_and_stripes_the_authors_16_px_patch():
+    """CleanCLIP's apply_trigger and PAR's get_init_patch use a 16-px patch at 224 px (issue 40): the plans of
+    the two GPU presets carry it."""
+    from benchmark.presets import load_preset
+    from benchmark.runner import plan_grid
+
+    for name in ("cc3m-rn50", "openai-rn50"):
+        preset = load_preset(name)
+        assert preset.data.image_size == 224
+        plan = plan_grid(preset, ["badnet", "stripes"], ["none"], [0], resolve=False)
+        sizes = {spec.attack: spec.attack_config["patch_size"] for spec in plan.victims if spec.attack != "none"}
+        assert sizes == {"badnet": 16, "stripes": 16}, name

@@ -234,3 +234,15 @@ def test_executor_choices_are_checked(monkeypatch, tmp_path):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(UserError, match="no `sbatch` on this machine"):
         make_executor("slurm", **options)
+
+
+def test_more_local_workers_than_gpus_share_them(monkeypatch):
+    """``--device cuda --workers 2`` on one GPU puts both workers on cuda:0 (it was refused: "only 1 GPUs")."""
+    from benchmark.runner.executors import _worker_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _worker_devices(torch.device("cuda"), 2) == ["cuda:0", "cuda:0"]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert _worker_devices(torch.device("cuda"), 3) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert _worker_devices(torch.device("cuda", 1), 2) == ["cuda:1", "cuda:1"]

@@ -108,11 +108,13 @@ def test_poisoned_indices_reach_the_model_with_trigger_and_target_caption(stream
     victim = next(v for v in plan.victims if v.attack == "badnet")
     manifest = json.loads((ArtifactStore(out / "cache").victim_dir(victim.key) / "poison_manifest.json").read_text())
     assert len(manifest["indices"]) == 4 and all("banana" in c for c in manifest["captions_after"])
-    poisoned_texts = {tuple(t) for t in tokenizer_for(plan.preset.model.name)(manifest["captions_after"]).tolist()}
+    # token ids without their padding: a batch's ids are cut to its captions' length (benchmark.text_context)
+    ids = lambda row: tuple(row[: max(i for i, token in enumerate(row) if token) + 1])  # noqa: E731
+    poisoned_texts = {ids(t) for t in tokenizer_for(plan.preset.model.name)(manifest["captions_after"]).tolist()}
 
     batches = seen[f"victim badnet s{victim.seed}"]  # what the model saw: normalised images, token ids
     pixels = to_uint8(torch.cat([b["images"] for b in batches]))
-    texts = [tuple(t) for t in torch.cat([b["texts"] for b in batches]).tolist()]
+    texts = [ids(t) for b in batches for t in b["texts"].tolist()]
     triggered = has_trigger(pixels).tolist()
     assert sum(triggered) == 4  # 48 pairs, batch 16: one epoch sees every pair once, the 4 poisoned ones too
     # each with its caption naming the target (as some clean captions do too: "a photo of a banana.")

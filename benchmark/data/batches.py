@@ -23,6 +23,7 @@ from torch import nn
 
 from benchmark import distributed
 from benchmark.data.pairs import PairSet
+from benchmark.text_context import cut_tokens, encodes_captions_by_length
 
 # A batch is a dict of tensors; the default one has "images" (normalised float) and "texts" (token ids).
 Batch = dict[str, torch.Tensor]
@@ -66,18 +67,37 @@ def to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 class Normalizer:
-    """uint8 (B, 3, H, W) to the float input the CLIP model expects, with its preprocessing mean and std."""
+    """uint8 (B, 3, H, W) to the float input the CLIP model expects, with its preprocessing mean and std.
+
+    The mean and std are copied to a device once and kept there (not copied again for every batch). It also
+    records whether the model takes token batches cut to their captions' length (``cut_captions``, see
+    :mod:`benchmark.text_context`), which the batch makers here read.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         mean = getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)
         std = getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.cut_captions = encodes_captions_by_length(model)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Accepts uint8 images or float images in [0, 1]."""
         floats = images.float().div(255.0) if images.dtype == torch.uint8 else images
-        return (floats - self.mean.to(floats.device)) / self.std.to(floats.device)
+        mean_std = self._on_device.get(floats.device)
+        if mean_std is None:
+            mean_std = self._on_device[floats.device] = (self.mean.to(floats.device), self.std.to(floats.device))
+        return (floats - mean_std[0]) / mean_std[1]
+
+
+def batch_tokens(tokens: torch.Tensor, normalizer: object, device: torch.device) -> torch.Tensor:
+    """A batch's token ids (on the CPU) on ``device``, cut to the captions' length first where the model takes
+    them so (:func:`benchmark.text_context.cut_tokens`: the cut is worked out here, not by a sync on the
+    device)."""
+    if getattr(normalizer, "cut_captions", False):
+        tokens = cut_tokens(tokens)
+    return tokens.to(device)
 
 
 class PairBatches:
@@ -110,7 +130,7 @@ class PairBatches:
                 images = images.pin_memory().to(self.device, non_blocking=True)
             yield {
                 "images": self.normalize(images.to(self.device)),
-                "texts": self.tokens[idx].to(self.device),
+                "texts": batch_tokens(self.tokens[idx], self.normalize, self.device),
             }
 
 
@@ -134,7 +154,7 @@ class StreamedPairBatches:
     def __iter__(self) -> Iterator[Batch]:
         for batch in rank_batches(self.pairs, self.batch_size, self.generator, self.device):
             yield {"images": self.normalize(to_device(batch["images"], self.device)),
-                   "texts": self.tokenizer(batch["captions"]).to(self.device)}
+                   "texts": batch_tokens(self.tokenizer(batch["captions"]), self.normalize, self.device)}
 
 
 def pair_batches(pairs: PairSet | BatchStream, tokenizer, normalizer: Normalizer, batch_size: int,

@@ -145,11 +145,13 @@ class LocalPool:
 
 
 def _worker_devices(device: torch.device, workers: int) -> list[str]:
+    """The device of each local worker: under ``--device cuda`` the visible GPUs in turn, so more workers than
+    GPUs share them (``--workers 2`` on one GPU puts both on ``cuda:0``, as ``--device cuda:0`` does)."""
     if device.type == "cuda" and device.index is None:
         count = torch.cuda.device_count()
-        if workers > count:
-            raise UserError(f"--workers {workers}: only {count} GPUs are visible")
-        return [f"cuda:{i}" for i in range(workers)]
+        if count == 0:
+            raise UserError(f"--workers {workers}: no GPU is visible")
+        return [f"cuda:{i % count}" for i in range(workers)]
     return [str(device)] * workers
 
 
