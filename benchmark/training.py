@@ -77,8 +77,12 @@ def clip_ssl_loss(model: nn.Module, batch: Batch, clip_weight: float = 1.0,
     from open_clip import ClipLoss
 
     n = len(batch["images"])
-    out = model(torch.cat([batch["images"], batch["augmented_images"]]),
-                torch.cat([batch["texts"], batch["augmented_texts"]]))
+    # Captions cut to their length on the CPU (benchmark.text_context.cut_tokens) and full-width augmented ones
+    # (or the other way round) are padded to one width with the pad token 0: the encoder then reads the lengths
+    # as it did before any cut, so nothing changes numerically; two inputs of one width are left as they are.
+    width = max(batch["texts"].shape[1], batch["augmented_texts"].shape[1])
+    texts = [F.pad(tokens, (0, width - tokens.shape[1])) for tokens in (batch["texts"], batch["augmented_texts"])]
+    out = model(torch.cat([batch["images"], batch["augmented_images"]]), torch.cat(texts))
     images, augmented_images = out["image_features"].split(n)
     texts, augmented_texts = out["text_features"].split(n)
     scale = out["logit_scale"]
