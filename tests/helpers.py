@@ -4,9 +4,11 @@ small runner plan and a hostile pickle. A plain module (tests import it as ``tes
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import re
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -134,3 +136,17 @@ def readme_walkthrough() -> list[str]:
     """The README's plugin walkthrough, one command per line (comments dropped)."""
     block = re.search(r"```bash\n(cleanbench new defense my-defense.*?)```", README.read_text(), re.S).group(1)
     return [line.partition("#")[0].strip() for line in block.splitlines()]
+
+
+@contextlib.contextmanager
+def runtime_set(runtime) -> Iterator[None]:
+    """``runtime`` (a :class:`benchmark.device.Runtime`) as the current runtime inside the block, the previous
+    one restored after."""
+    from benchmark.device import current_runtime, set_runtime
+
+    previous = current_runtime()
+    set_runtime(runtime)
+    try:
+        yield
+    finally:
+        set_runtime(previous)

@@ -8,8 +8,6 @@ starts with them) selects them.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,10 +15,11 @@ import torch
 from benchmark.checkpoints import load_weights, save_state_dict
 from benchmark.data.pairs import PairSet
 from benchmark.data.batches import Normalizer, PairBatches, to_device
-from benchmark.device import Runtime, current_runtime, resolve_device, set_runtime
+from benchmark.device import Runtime, resolve_device
 from benchmark.models import create_model, model_config, tokenizer_for
 from benchmark.training import clip_loss, train
 from benchmark.training_recipe import TrainRecipe
+from tests.helpers import runtime_set
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -42,16 +41,6 @@ def _batches(model: torch.nn.Module, pairs: PairSet, batch_size: int, device: to
                        device)
 
 
-@contextlib.contextmanager
-def _runtime(runtime: Runtime) -> Iterator[None]:
-    previous = current_runtime()
-    set_runtime(runtime)
-    try:
-        yield
-    finally:
-        set_runtime(previous)
-
-
 def test_auto_selects_the_gpu():
     assert resolve_device("auto").type == "cuda"
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
@@ -67,7 +56,7 @@ def test_bf16_autocast_on_and_off(precision, bf16):
         seen.append(torch.is_autocast_enabled("cuda") and torch.get_autocast_dtype("cuda") == torch.bfloat16)
         return clip_loss(net, batch)
 
-    with _runtime(Runtime(precision)):  # type: ignore[arg-type]
+    with runtime_set(Runtime(precision)):  # type: ignore[arg-type]
         stats = train(model, _batches(model, _pairs(64), 16), TrainRecipe(epochs=1, batch_size=16, lr=1e-3),
                       loss_fn=loss_fn)
     assert seen == [bf16] * 4 and torch.isfinite(torch.tensor(stats.final_loss))

@@ -13,10 +13,11 @@ import torch
 
 from benchmark.data.batches import Normalizer, PairBatches
 from benchmark.data.pairs import PairSet
-from benchmark.device import Runtime, current_runtime, set_runtime
+from benchmark.device import Runtime
 from benchmark.models import create_model, tokenizer_for
 from benchmark.training import train
 from benchmark.training_recipe import TrainRecipe
+from tests.helpers import runtime_set
 
 MODEL = "cleanbench-vit-tiny"
 CPU = torch.device("cpu")
@@ -29,16 +30,6 @@ def _pairs(count: int = 32) -> PairSet:
     images = torch.randint(0, 256, (count, 3, 32, 32), generator=generator, dtype=torch.uint8)
     words = ["bag", "coat", "shirt", "dress"]
     return PairSet(images, [f"a photo of a {words[i % 4]}." for i in range(count)], torch.arange(count) % 4)
-
-
-@contextlib.contextmanager
-def _runtime(runtime: Runtime) -> Iterator[None]:
-    previous = current_runtime()
-    set_runtime(runtime)
-    try:
-        yield
-    finally:
-        set_runtime(previous)
 
 
 @contextlib.contextmanager
@@ -114,7 +105,7 @@ def test_compile_runs_once_per_process_and_model_configuration(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", counting_compile)
     monkeypatch.setattr(training, "_compiled_forwards", {}, raising=False)
-    with _runtime(Runtime(compile=True)):
+    with runtime_set(Runtime(compile=True)):
         for seed in (0, 1):
             model = create_model(MODEL, seed=seed)
             batches = PairBatches(_pairs(16), tokenizer_for(MODEL), Normalizer(model), 8,
@@ -133,7 +124,7 @@ def test_the_compiled_path_trains_the_same_weights_with_the_eager_backend():
         model = create_model(MODEL, seed=0)
         batches = PairBatches(_pairs(16), tokenizer_for(MODEL), Normalizer(model), 8,
                               torch.Generator().manual_seed(0), CPU)
-        with _runtime(Runtime(compile=compile_model)):
+        with runtime_set(Runtime(compile=compile_model)):
             train(model, batches, TrainRecipe(epochs=1, batch_size=8, lr=1e-3))
         return model.state_dict()
 
